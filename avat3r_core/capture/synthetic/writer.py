@@ -28,6 +28,8 @@ from PIL import Image
 from plyfile import PlyData, PlyElement
 from tqdm import tqdm
 
+from avat3r_core.store.atomic import atomic_path
+
 from .config import (
     SyntheticConfig,
     _capture_date_time,
@@ -233,12 +235,20 @@ def generate_synthetic_capture(
 ) -> None:
     """Write the whole synthetic capture under `root` and its ground truth under `groundtruth`.
 
-    Work is split into one job per (subject, camera) so `workers` processes share it evenly; the per-subject
-    scene is built once in the parent before the pool forks, so workers inherit it instead of rebuilding it.
+    Both folders are written as temporary siblings and renamed into place at the end, so an interrupted run
+    never leaves a capture that looks complete.
     """
-    root, groundtruth = Path(root), Path(groundtruth)
-    root.mkdir(parents=True, exist_ok=True)
-    groundtruth.mkdir(parents=True, exist_ok=True)
+    with (
+        atomic_path(root, directory=True) as partial_root,
+        atomic_path(groundtruth, directory=True) as partial_groundtruth,
+    ):
+        _generate_into(partial_root, partial_groundtruth, cfg, workers, progress)
+
+
+def _generate_into(root: Path, groundtruth: Path, cfg: SyntheticConfig, workers: int, progress: bool) -> None:
+    """One job per (subject, camera), so `workers` processes share the work evenly; each subject's scene is
+    built once in the parent before the pool forks, so workers inherit it instead of rebuilding it.
+    """
     _write_ids(root, cfg)
     write_topology(root / "face_topology.obj")
     jobs = []
