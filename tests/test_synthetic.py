@@ -434,3 +434,18 @@ def test_generation_is_deterministic(tmp_path: Path) -> None:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     name = f"{sid}/cam{cam['cameraId']}.npz"
     assert (tmp_path / "ga" / name).read_bytes() == (tmp_path / "gb" / name).read_bytes()
+
+
+def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, monkeypatch) -> None:
+    """A crash mid-render must not leave a capture folder at its final path (a rerun would trust it)."""
+    from avat3r_core.capture.synthetic import writer
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed")
+        yield  # pragma: no cover - makes this a generator like the real one
+
+    monkeypatch.setattr(writer, "_run_jobs", crash)
+    cfg = SyntheticConfig(n_subjects=1, n_cameras=4, frames_per_segment=1, downsample=64)
+    with pytest.raises(RuntimeError, match="killed"):
+        generate_synthetic_capture(tmp_path / "capture", tmp_path / "gt", cfg, workers=1, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

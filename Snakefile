@@ -1,0 +1,33 @@
+"""avat3r: multi-view head captures -> Avat3r training shards -> trained and evaluated model.
+
+Run `snakemake --cores all` for the default synthetic capture (config.yaml), `snakemake -n` to see the plan.
+"""
+
+from snakemake.utils import min_version
+
+from avat3r_core.config import validate_config
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+# Same schema file (workflow/schemas/config.schema.yaml) as the command line; one line naming the bad key.
+config.update(validate_config(config))
+
+
+include: "rules/common.smk"
+
+
+wildcard_constraints:
+    subject="[A-Za-z0-9]+",
+
+
+include: "rules/capture.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand(f"{RESULTS}/{{subject}}/capture_index.json", subject=SUBJECTS),

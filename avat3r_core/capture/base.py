@@ -1,0 +1,105 @@
+"""The one interface every capture reader implements.
+
+Stages only talk to a `CaptureReader`, so a second dataset (NeRSemble: one video per camera and sequence
+instead of zips of images and segments) only needs a reader, not changes to the stages. Frames are integers
+unique within a subject; a dataset whose frames restart per sequence maps them to unique integers.
+Everything a reader returns is in metres, OpenCV camera axes, and pixel units of the images it returns.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from avat3r_core.geometry.cameras import Camera
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A timestep of a capture and the segment (Ava-256) or sequence (NeRSemble) it belongs to."""
+
+    frame: int
+    segment: str
+
+
+class CaptureReader(ABC):
+    """Lazy access to one subject of a multi-view head capture."""
+
+    dataset: str
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+
+    # -- calibration and timeline ------------------------------------------------------------------
+    @abstractmethod
+    def cameras(self) -> dict[str, Camera]:
+        """World cameras (metres) at the resolution of the images `image` returns, by camera id."""
+
+    @abstractmethod
+    def frames(self) -> list[Frame]:
+        """All timesteps in capture order."""
+
+    @abstractmethod
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of every image and plate of this subject."""
+
+    @cached_property
+    def camera_ids(self) -> list[str]:
+        return sorted(self.cameras())
+
+    def segments(self) -> dict[str, list[int]]:
+        """Frame ids per segment, in capture order."""
+        out: dict[str, list[int]] = {}
+        for item in self.frames():
+            out.setdefault(item.segment, []).append(item.frame)
+        return out
+
+    # -- pixels --------------------------------------------------------------------------------------
+    @abstractmethod
+    def has_image(self, camera: str, frame: int) -> bool:
+        """Whether the image exists; cheap (no decoding)."""
+
+    @abstractmethod
+    def image(self, camera: str, frame: int) -> np.ndarray:
+        """uint8 RGB (H, W, 3). Raises MissingImageError for a dropped image, CaptureError if unreadable."""
+
+    @abstractmethod
+    def background(self, camera: str) -> np.ndarray:
+        """The camera's clean plate, uint8 RGB (H, W, 3)."""
+
+    @abstractmethod
+    def mask(self, camera: str, frame: int) -> np.ndarray:
+        """The foreground mask the capture ships, uint8 (H, W), 255 = foreground."""
+
+    def missing_images(self) -> list[tuple[str, int]]:
+        """(camera, frame) pairs listed in the timeline but absent from the capture."""
+        return [
+            (camera, item.frame)
+            for camera in self.camera_ids
+            for item in self.frames()
+            if not self.has_image(camera, item.frame)
+        ]
+
+    # -- head --------------------------------------------------------------------------------------
+    @abstractmethod
+    def head_pose(self, frame: int) -> np.ndarray:
+        """4x4 head-to-world transform in metres: x_world = T @ x_head."""
+
+    @abstractmethod
+    def tracked_mesh(self, frame: int) -> np.ndarray:
+        """Tracked mesh vertices (V, 3) in the head-local frame, metres."""
+
+    @abstractmethod
+    def mesh_faces(self) -> np.ndarray:
+        """Triangles (F, 3) int64 indexing the tracked-mesh vertices."""
+
+    @abstractmethod
+    def expression_code(self, frame: int) -> np.ndarray:
+        """The per-frame expression code (float32), the model's driving signal."""
+
+    def head_centric_camera(self, camera: str, frame: int) -> Camera:
+        """The camera with the head pose factored in: the head stays canonical, the camera moves."""
+        return self.cameras()[camera].to_head_centric(self.head_pose(frame))

@@ -1,0 +1,30 @@
+"""Shared names, subject discovery and small helpers for every rule file."""
+
+from avat3r_core.capture import subject_ids
+from avat3r_core.config import section_json
+
+RESULTS = config["results"]
+LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+SYNTHETIC = config["synthetic"]["enabled"]
+CAPTURE_ROOT = config["capture"]["root"]
+
+# From the subject list (or the synthetic config), never from globbing thousands of image files.
+SUBJECTS = subject_ids(config)
+
+
+def sections(*names):
+    """Config sections as canonical JSON params, so that a change reruns exactly the jobs that use them."""
+    return section_json({name: config[name] for name in names})
+
+
+def capture_input(wildcards):
+    """A subject's capture files (the synthetic capture folder, or calibration and frame list)."""
+    if SYNTHETIC:
+        return rules.synthetic_capture.output.capture
+    from avat3r_core.capture.ava256 import Ava256Capture
+
+    decoder = Ava256Capture(
+        CAPTURE_ROOT, wildcards.subject, subjects_csv=config["capture"]["subjects_csv"]
+    ).decoder
+    return [f"{decoder}/camera_calibration.json", f"{decoder}/frame_list.csv"]
