@@ -25,9 +25,10 @@ wildcard_constraints:
 
 
 include: "rules/capture.smk"
+include: "rules/preprocess.smk"
 
 
 rule all:
     default_target: True
     input:
-        expand(f"{RESULTS}/{{subject}}/capture_index.json", subject=SUBJECTS),
+        expand(f"{RESULTS}/{{subject}}/frames.json", subject=SUBJECTS),

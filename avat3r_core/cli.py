@@ -67,6 +67,14 @@ def cmd_capture_index(args: argparse.Namespace) -> None:
     write_capture_index(open_capture(config["capture"], args.subject), args.out, progress=not args.quiet)
 
 
+def cmd_frames(args: argparse.Namespace) -> None:
+    from avat3r_core.stages.frames import write_frames
+
+    config = _config(args)
+    index = json.loads(Path(args.index).read_text())
+    write_frames(index, config["frames"], config["seed"], args.out)
+
+
 def cmd_subjects(args: argparse.Namespace) -> None:
     from avat3r_core.capture import subject_ids
 
@@ -104,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("capture-index", cmd_capture_index, "index one subject: cameras, frames, gaps, head poses")
     p.add_argument("--subject", required=True)
     p.add_argument("--out", required=True, type=Path, help="capture_index.json to write")
+
+    p = add("frames", cmd_frames, "choose input and supervision timesteps from a capture index")
+    p.add_argument("--index", required=True, type=Path, help="capture_index.json of the subject")
+    p.add_argument("--out", required=True, type=Path, help="frames.json to write")
 
     add("subjects", cmd_subjects, "list the subjects the config selects")
     return parser

@@ -67,6 +67,7 @@ def test_dry_run_plans_one_index_per_subject(tmp_path: Path) -> None:
         if line.split()[:1] != ["job"] and len(line.split()) == 2
     )
     assert table.get("capture_index") == "2"
+    assert table.get("frames") == "2"
     assert table.get("synthetic_capture") == "1"
 
 
@@ -94,6 +95,9 @@ def test_end_to_end_builds_capture_indexes(tmp_path: Path) -> None:
         log = (tmp_path / "results" / "logs" / "capture_index" / f"{subject}.log").read_text()
         assert f"subject {subject}: {TINY['n_cameras']} cameras" in log
         assert (tmp_path / "results" / "benchmarks" / "capture_index" / f"{subject}.tsv").exists()
+        frames = json.loads((tmp_path / "results" / subject / "frames.json").read_text())
+        assert len(frames["input"]) == 3 * TINY["frames_per_segment"]  # input_count 10 > frames per segment
+        assert "input timesteps" in (tmp_path / "results" / "logs" / "frames" / f"{subject}.log").read_text()
     # A second run finds nothing to do: outputs, params and code are unchanged.
     again = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
