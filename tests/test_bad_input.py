@@ -115,3 +115,24 @@ def test_unknown_subject(synthetic_capture) -> None:
         CaptureError, match=r"subject ZZZ999, file .*: subject is not in the capture's subject list"
     ):
         Ava256Capture(synthetic_capture.root, "ZZZ999")
+
+
+def test_camera_with_images_but_no_calibration_is_reported_and_ignored(capture_copy, caplog) -> None:
+    import shutil
+
+    from avat3r_core.stages.capture_index import build_capture_index
+
+    subject = capture_copy.subjects[0]
+    reader = Ava256Capture(capture_copy.root, subject)
+    camera = reader.camera_ids[0]
+    shutil.copy(reader.decoder / "image" / f"cam{camera}.zip", reader.decoder / "image" / "cam999999.zip")
+    with caplog.at_level("WARNING"):
+        index = build_capture_index(Ava256Capture(capture_copy.root, subject))
+    assert index["uncalibrated_cameras"] == ["999999"]
+    assert "999999" not in index["cameras"]
+    assert (
+        f"subject {subject}: 1 camera(s) have images but no calibration and are ignored: 999999"
+        in caplog.text
+    )
+    with pytest.raises(CaptureError, match="camera 999999, .*camera is not in the calibration"):
+        reader.image("999999", reader.frames()[0].frame)

@@ -356,6 +356,12 @@ class Ava256Capture(CaptureReader):
             )
         return missing
 
+    def uncalibrated_cameras(self) -> list[str]:
+        """Image zips of cameras the calibration does not list (one listdir)."""
+        folder = self.decoder / "image"
+        names = sorted(p.name for p in folder.glob("cam*.zip")) if folder.is_dir() else []
+        return [name[3:-4] for name in names if name[3:-4] not in self._calibration]
+
     def _require_camera(self, camera: str) -> None:
         if camera not in self._calibration:
             raise CaptureError(

@@ -83,7 +83,15 @@ class CaptureReader(ABC):
             if not self.has_image(camera, item.frame)
         ]
 
+    def uncalibrated_cameras(self) -> list[str]:
+        """Cameras with images but no calibration (ignored by every stage, reported by the index)."""
+        return []
+
     # -- head --------------------------------------------------------------------------------------
+    def mesh_frames(self) -> set[int]:
+        """Frames that have a tracked mesh; cheap (no decoding)."""
+        return {item.frame for item in self.frames()}
+
     @abstractmethod
     def head_pose(self, frame: int) -> np.ndarray:
         """4x4 head-to-world transform in metres: x_world = T @ x_head."""

@@ -28,7 +28,15 @@ def build_capture_index(reader: CaptureReader, progress: bool = False) -> dict[s
     cameras = reader.cameras()
     height, width = reader.image_size()
     missing = reader.missing_images()
-    mesh_frames = reader.mesh_frames() if hasattr(reader, "mesh_frames") else {f.frame for f in frames}
+    mesh_frames = reader.mesh_frames()
+    uncalibrated = reader.uncalibrated_cameras()
+    if uncalibrated:
+        log.warning(
+            "subject %s: %d camera(s) have images but no calibration and are ignored: %s",
+            reader.subject,
+            len(uncalibrated),
+            ", ".join(uncalibrated),
+        )
     head_poses = {
         str(item.frame): reader.head_pose(item.frame).tolist()
         for item in tqdm(frames, desc=f"{reader.subject} head poses", disable=not progress)
@@ -46,6 +54,7 @@ def build_capture_index(reader: CaptureReader, progress: bool = False) -> dict[s
         "frames": [[item.frame, item.segment] for item in frames],
         "segments": {name: len(ids) for name, ids in reader.segments().items()},
         "missing_images": [[camera, frame] for camera, frame in missing],
+        "uncalibrated_cameras": uncalibrated,
         "frames_without_mesh": sorted(item.frame for item in frames if item.frame not in mesh_frames),
         "head_to_world": head_poses,
     }
