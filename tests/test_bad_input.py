@@ -134,5 +134,5 @@ def test_camera_with_images_but_no_calibration_is_reported_and_ignored(capture_c
         f"subject {subject}: 1 camera(s) have images but no calibration and are ignored: 999999"
         in caplog.text
     )
-    with pytest.raises(CaptureError, match="camera 999999, .*camera is not in the calibration"):
+    with pytest.raises(CaptureError, match=r"camera 999999, .*camera is not in the calibration"):
         reader.image("999999", reader.frames()[0].frame)
