@@ -19,3 +19,30 @@ __all__ = [
     "rigid",
     "rotation_from_axis_angle",
 ]
+
+# View selection and head-centric crops (stages `views` and `crop`).
+from avat3r_core.geometry.crops import CropWindow, cut_crop, head_center, input_window, supervision_window
+from avat3r_core.geometry.views import (
+    PartnerSet,
+    front_facing,
+    front_facing_per_timestep,
+    k_farthest_sample,
+    partner_views,
+    reference_centers,
+    replace_missing,
+)
+
+__all__ += [
+    "CropWindow",
+    "PartnerSet",
+    "cut_crop",
+    "front_facing",
+    "front_facing_per_timestep",
+    "head_center",
+    "input_window",
+    "k_farthest_sample",
+    "partner_views",
+    "reference_centers",
+    "replace_missing",
+    "supervision_window",
+]
