@@ -75,6 +75,15 @@ def cmd_frames(args: argparse.Namespace) -> None:
     write_frames(index, config["frames"], config["seed"], args.out)
 
 
+def cmd_views(args: argparse.Namespace) -> None:
+    from avat3r_core.stages.index import CaptureIndex
+    from avat3r_core.stages.views import write_views
+
+    config = _config(args)
+    frames = json.loads(Path(args.frames).read_text())
+    write_views(CaptureIndex.load(args.index), frames, config["views"], config["seed"], args.out)
+
+
 def cmd_subjects(args: argparse.Namespace) -> None:
     from avat3r_core.capture import subject_ids
 
@@ -116,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("frames", cmd_frames, "choose input and supervision timesteps from a capture index")
     p.add_argument("--index", required=True, type=Path, help="capture_index.json of the subject")
     p.add_argument("--out", required=True, type=Path, help="frames.json to write")
+
+    p = add("views", cmd_views, "front-facing input cameras, partner views and the sampler's camera pool")
+    p.add_argument("--index", required=True, type=Path, help="capture_index.json of the subject")
+    p.add_argument("--frames", required=True, type=Path, help="frames.json of the subject")
+    p.add_argument("--out", required=True, type=Path, help="views.json to write")
 
     add("subjects", cmd_subjects, "list the subjects the config selects")
     return parser

@@ -15,6 +15,7 @@ if SYNTHETIC:
         threads: 2
         params:
             config=sections("capture", "synthetic"),
+            version=STAGE_VERSIONS["synthetic_capture"],
         shell:
             "avat3r synthetic --config {params.config:q} --out {output.capture:q}"
             " --groundtruth {output.groundtruth:q} --workers {threads} > {log:q} 2>&1"
@@ -33,6 +34,7 @@ rule capture_index:
         "../envs/preprocess.yaml"
     params:
         config=sections("capture"),
+        version=STAGE_VERSIONS["capture_index"],
     shell:
         "avat3r capture-index --config {params.config:q} --subject {wildcards.subject}"
         " --out {output:q} > {log:q} 2>&1"

@@ -2,6 +2,7 @@
 
 from avat3r_core.capture import subject_ids
 from avat3r_core.config import section_json
+from avat3r_core.stages import STAGE_VERSIONS
 
 RESULTS = config["results"]
 LOGS = f"{RESULTS}/logs"

@@ -16,6 +16,8 @@ from tqdm import tqdm
 
 from avat3r_core import __version__
 from avat3r_core.capture.base import CaptureReader
+from avat3r_core.errors import CaptureError
+from avat3r_core.geometry.crops import head_center
 from avat3r_core.store.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,11 @@ def build_capture_index(reader: CaptureReader, progress: bool = False) -> dict[s
             len(uncalibrated),
             ", ".join(uncalibrated),
         )
+    first_mesh = next((item.frame for item in frames if item.frame in mesh_frames), None)
+    if first_mesh is None:
+        raise CaptureError("no frame has a tracked mesh", subject=reader.subject)
+    # One head centre per subject keeps crops steady while the jaw moves (bbox centre, head-local metres).
+    center = head_center(reader.tracked_mesh(first_mesh))
     head_poses = {
         str(item.frame): reader.head_pose(item.frame).tolist()
         for item in tqdm(frames, desc=f"{reader.subject} head poses", disable=not progress)
@@ -56,6 +63,7 @@ def build_capture_index(reader: CaptureReader, progress: bool = False) -> dict[s
         "missing_images": [[camera, frame] for camera, frame in missing],
         "uncalibrated_cameras": uncalibrated,
         "frames_without_mesh": sorted(item.frame for item in frames if item.frame not in mesh_frames),
+        "head_center": center.tolist(),
         "head_to_world": head_poses,
     }
 
