@@ -1,0 +1,345 @@
+"""The Zarr store layer: round trips, few files, atomic replacement, reproducible bytes, manifest checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import avat3r_core
+from avat3r_core.errors import Avat3rError
+from avat3r_core.store.codecs import AVIF_CODEC_NAME, AvifCodec
+from avat3r_core.store.manifest import read_manifest, verify_store
+from avat3r_core.store.zarr_store import StoreError, open_store, store_attrs, write_store
+
+CONFIG = {"crop": {"input_size": 512, "supervision_size": 667}, "seed": 3}
+
+
+def smooth_textured(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth gradients and sinusoids plus mild fine texture: what a head crop looks like to a codec."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    base = np.stack(
+        [
+            128 + 90 * np.sin(x / 23.0 + seed),
+            128 + 80 * np.cos(y / 17.0),
+            128 + 60 * np.sin((x + y) / 11.0),
+        ],
+        axis=-1,
+    )
+    texture = 6 * np.sin(x / 2.5)[..., None] * np.cos(y / 3.0)[..., None] + rng.normal(0, 1.5, base.shape)
+    return np.clip(base + texture, 0, 255).astype(np.uint8)
+
+
+def image_stack(cameras: int, timesteps: int, height: int = 40, width: int = 32) -> np.ndarray:
+    images = np.empty((cameras, timesteps, height, width, 3), np.uint8)
+    for c in range(cameras):
+        for t in range(timesteps):
+            images[c, t] = smooth_textured(height, width, seed=c * 100 + t)
+    return images
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def write_example(path: Path, images: np.ndarray) -> None:
+    with write_store(path, stage="crop", subject="S001", config=CONFIG) as writer:
+        rgb = writer.create_images("rgb", images.shape, attrs={"camera_ids": ["400012", "400015"]})
+        for camera in range(images.shape[0]):
+            rgb[camera] = images[camera]  # one shard per assignment
+        writer.create_images("rgb_avif", images.shape, codec="avif", quality=90)[...] = images
+        writer.write_array("K", np.tile(np.eye(3, dtype=np.float32), (images.shape[0], 1, 1)))
+        writer.write_array("camera_ids", np.array([f"4000{i:02d}" for i in range(images.shape[0])]))
+        writer.write_array("valid", np.ones(images.shape[:2], bool))
+
+
+# -- round trips -------------------------------------------------------------------------------------------
+def test_zstd_images_round_trip_exactly(tmp_path: Path) -> None:
+    images = image_stack(3, 4)
+    alpha = (images[..., 0] > 128).astype(np.uint8) * 255  # (cam, t, H, W): single-channel images
+    depth = images[..., 1].astype(np.float32) / 7.0
+    with write_store(tmp_path / "s.zarr", stage="matting", subject="S001", config=CONFIG) as writer:
+        writer.create_images("rgb", images.shape)[...] = images
+        writer.create_images("alpha", alpha.shape, shard_axes=2)[...] = alpha
+        writer.create_images("depth", depth.shape, dtype="float32", shard_axes=0)[...] = depth
+    group = open_store(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(group["rgb"][...], images)
+    np.testing.assert_array_equal(group["alpha"][...], alpha)
+    np.testing.assert_array_equal(group["depth"][...], depth)
+    assert group["rgb"].chunks == (1, 1, 40, 32, 3)  # one image per chunk
+    assert group["rgb"].shards == (1, 4, 40, 32, 3)  # one shard per camera
+    assert group["alpha"].chunks == (1, 1, 40, 32) and group["alpha"].shards == (1, 1, 40, 32)
+    assert group["depth"].shards == (3, 4, 40, 32)  # shard_axes=0: one shard for the whole array
+    np.testing.assert_array_equal(group["rgb"][2, 1], images[2, 1])  # one image decodes alone
+
+
+def test_avif_round_trip_quality_and_codec_metadata(tmp_path: Path) -> None:
+    images = np.stack([smooth_textured(96, 80, seed=s) for s in range(3)])[None]  # (1, 3, H, W, 3)
+    with write_store(tmp_path / "s.zarr", stage="crop", subject="S001", config=CONFIG) as writer:
+        writer.create_images("rgb", images.shape, codec="avif", quality=90)[...] = images
+    decoded = open_store(tmp_path / "s.zarr")["rgb"][...]
+    assert decoded.dtype == np.uint8 and decoded.shape == images.shape
+    assert psnr(decoded, images) > 35.0
+    meta = json.loads((tmp_path / "s.zarr" / "rgb" / "zarr.json").read_text())
+    inner = meta["codecs"][0]["configuration"]["codecs"]
+    assert meta["codecs"][0]["name"] == "sharding_indexed"
+    assert inner == [
+        {"name": AVIF_CODEC_NAME, "configuration": AvifCodec(quality=90).to_dict()["configuration"]}
+    ]
+    # Plain zarr finds the codec through its registry, as any environment with the package installed would.
+    assert zarr.registry.get_codec_class(AVIF_CODEC_NAME) is AvifCodec
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "s.zarr" / "rgb", mode="r")[...], decoded)
+
+
+def test_avif_refuses_what_it_cannot_encode(tmp_path: Path) -> None:
+    with (
+        pytest.raises(StoreError, match="avif needs uint8"),
+        write_store(tmp_path / "s.zarr", stage="crop", subject="S001", config=CONFIG) as writer,
+    ):
+        writer.create_images("depth", (2, 8, 8, 3), dtype="float32", codec="avif")
+    with pytest.raises(ValueError, match="quality"):
+        AvifCodec(quality=101)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_small_arrays_and_attributes(tmp_path: Path) -> None:
+    w2c = np.random.default_rng(1).normal(size=(5, 4, 4))
+    ids = np.array(["400012", "400015", "400029"])
+    frames = np.array([0, 12, 25], np.int64)
+    extra = {"backend": "plate_difference", "threshold": np.float32(0.25), "cameras": ("a", "b")}
+    with write_store(
+        tmp_path / "s.zarr", stage="matting", subject="S001", config=CONFIG, extra_attrs=extra
+    ) as w:
+        w.write_array("w2c", w2c, attrs={"frame": "head-centric"})
+        w.write_array("ids", ids)
+        w.write_array("frames", frames)
+        w.write_array("valid", np.array([[True, False, True]]))
+        w.write_array("scale", np.float64(2.5))
+        w.write_array("nested/empty", np.zeros((0, 3), np.float32))
+        w.set_attrs(random_weights=True)
+    group = open_store(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(group["w2c"][...], w2c)
+    np.testing.assert_array_equal(group["ids"][...], ids)
+    np.testing.assert_array_equal(group["frames"][...], frames)
+    np.testing.assert_array_equal(group["valid"][...], [[True, False, True]])
+    assert group["scale"][()] == 2.5 and group["nested/empty"].shape == (0, 3)
+    assert group["w2c"].attrs["frame"] == "head-centric"
+    assert group["w2c"].chunks == (5, 4, 4)  # small arrays: one chunk
+    attrs = store_attrs(tmp_path / "s.zarr")
+    assert attrs == {
+        "stage": "matting",
+        "subject": "S001",
+        "config": CONFIG,
+        "code_version": avat3r_core.__version__,
+        "random_weights": True,
+        "backend": "plate_difference",
+        "threshold": 0.25,
+        "cameras": ["a", "b"],
+    }
+    with (
+        pytest.raises(StoreError, match="object"),
+        write_store(tmp_path / "t.zarr", stage="x", subject="S001", config={}) as w,
+    ):
+        w.write_array("names", np.array(["a", None], dtype=object))
+
+
+def test_random_weights_must_be_a_bool(tmp_path: Path) -> None:
+    with (
+        pytest.raises(StoreError, match="random_weights"),
+        write_store(tmp_path / "s.zarr", stage="features", subject="S001", config={}) as writer,
+    ):
+        writer.set_attrs(random_weights="maybe")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_provenance_cannot_be_overwritten(tmp_path: Path) -> None:
+    with (
+        pytest.raises(StoreError, match="extra_attrs may not set"),
+        write_store(tmp_path / "s.zarr", stage="crop", subject="S001", config={}, extra_attrs={"stage": "x"}),
+    ):
+        pass
+    with (
+        pytest.raises(StoreError, match="set by write_store"),
+        write_store(tmp_path / "s.zarr", stage="crop", subject="S001", config={}) as writer,
+    ):
+        writer.set_attrs(subject="S002")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+# -- few files ---------------------------------------------------------------------------------------------
+def test_file_count_stays_small(tmp_path: Path) -> None:
+    """8 cameras x 12 timesteps x 2 image arrays = 192 images. Unsharded that is 192 chunk files; sharded per
+    camera it is 8 shard files + 1 zarr.json per image array, plus the 3 small arrays (zarr.json + 1 chunk
+    each), the root zarr.json and the manifest: 2 * 9 + 3 * 2 + 2 = 26 files, independent of the number of
+    timesteps. A `.snakemake_timestamp` later makes 27.
+    """
+    images = image_stack(8, 12, 16, 16)
+    write_example(tmp_path / "s.zarr", images)
+    files = files_under(tmp_path / "s.zarr")
+    assert len(files) <= 26, [str(f.relative_to(tmp_path)) for f in files]
+    shards = [f for f in files if f.parent.name == "rgb" and f.name != "zarr.json"]
+    assert len(shards) == 8
+
+
+def test_images_per_shard_bounds_shards(tmp_path: Path) -> None:
+    images = image_stack(2, 10, 8, 8)
+    with write_store(tmp_path / "s.zarr", stage="crop", subject="S001", config={}) as writer:
+        array = writer.create_images("rgb", images.shape, images_per_shard=4)
+        for start in range(0, 10, 4):
+            array[:, start : start + 4] = images[:, start : start + 4]
+    group = open_store(tmp_path / "s.zarr")
+    assert group["rgb"].shards == (1, 4, 8, 8, 3)
+    np.testing.assert_array_equal(group["rgb"][...], images)
+    assert len([f for f in files_under(tmp_path / "s.zarr" / "rgb") if f.name != "zarr.json"]) == 2 * 3
+
+
+# -- atomicity and determinism -----------------------------------------------------------------------------
+def test_exception_leaves_nothing_and_keeps_the_old_store(tmp_path: Path) -> None:
+    final = tmp_path / "s.zarr"
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        write_store(final, stage="crop", subject="S001", config={}) as writer,
+    ):
+        writer.create_images("rgb", (2, 8, 8, 3))[...] = 7
+        raise RuntimeError("boom")
+    assert not final.exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary sibling left behind
+
+    with write_store(final, stage="crop", subject="S001", config={"v": 1}) as writer:
+        writer.write_array("x", np.arange(3))
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        write_store(final, stage="crop", subject="S001", config={"v": 2}) as writer,
+    ):
+        writer.write_array("x", np.arange(5))
+        raise RuntimeError("boom")
+    assert store_attrs(final)["config"] == {"v": 1}
+    np.testing.assert_array_equal(open_store(final)["x"][...], np.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["s.zarr"]
+
+    with write_store(final, stage="crop", subject="S001", config={"v": 3}) as writer:
+        writer.write_array("y", np.arange(4))
+    assert store_attrs(final)["config"] == {"v": 3}
+    assert "x" not in open_store(final) and verify_store(final) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["s.zarr"]
+
+
+def test_same_data_gives_identical_bytes(tmp_path: Path) -> None:
+    images = image_stack(2, 3, 24, 20)
+    write_example(tmp_path / "a.zarr", images)
+    write_example(tmp_path / "b.zarr", images)
+    a_files = files_under(tmp_path / "a.zarr")
+    b_files = files_under(tmp_path / "b.zarr")
+    assert [p.relative_to(tmp_path / "a.zarr") for p in a_files] == [
+        p.relative_to(tmp_path / "b.zarr") for p in b_files
+    ]
+    for a, b in zip(a_files, b_files, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    encoded = {AvifCodec(quality=80).encode_pixels(images[0, 0]) for _ in range(3)}
+    assert len(encoded) == 1
+
+
+# -- manifest ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def example_store(tmp_path: Path) -> Path:
+    path = tmp_path / "s.zarr"
+    write_example(path, image_stack(3, 4))
+    (path / ".snakemake_timestamp").touch()  # what Snakemake adds to directory() outputs
+    return path
+
+
+def test_manifest_lists_every_array(example_store: Path) -> None:
+    arrays = read_manifest(example_store)["arrays"]
+    assert sorted(arrays) == ["K", "camera_ids", "rgb", "rgb_avif", "valid"]
+    rgb = arrays["rgb"]
+    assert rgb["shape"] == [3, 4, 40, 32, 3] and rgb["dtype"] == "uint8"
+    assert rgb["chunks"] == [1, 1, 40, 32, 3] and rgb["shards"] == [1, 4, 40, 32, 3]
+    assert rgb["codecs"] == ["sharding_indexed[bytes,zstd]"]
+    assert arrays["rgb_avif"]["codecs"] == [f"sharding_indexed[{AVIF_CODEC_NAME}]"]
+    assert arrays["K"]["shards"] is None and arrays["camera_ids"]["dtype"] == "<U6"
+    # The checksum is over decoded pixels: the same pixels stored another way give the same checksum.
+    assert len(rgb["sha256"]) == 64
+    assert verify_store(example_store) == []
+
+
+def test_checksum_does_not_depend_on_codec_or_chunking(tmp_path: Path) -> None:
+    images = image_stack(2, 3, 8, 8)
+    with write_store(tmp_path / "s.zarr", stage="crop", subject="S001", config={}) as writer:
+        writer.create_images("sharded", images.shape)[...] = images
+        writer.write_array("one_chunk", images)
+    arrays = read_manifest(tmp_path / "s.zarr")["arrays"]
+    assert arrays["sharded"]["sha256"] == arrays["one_chunk"]["sha256"]
+
+
+def test_verify_catches_a_flipped_byte_in_a_shard(example_store: Path) -> None:
+    shard = example_store / "rgb" / "c.1.0.0.0.0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"array 'rgb'.*unreadable chunk at \[1, [0-3], 0, 0, 0\]") as caught:
+        verify_store(example_store)
+    assert str(example_store) in str(caught.value)
+
+
+def test_verify_catches_silently_wrong_content(example_store: Path) -> None:
+    # A valid shard of another camera: decodes fine, but the pixels are not the ones the manifest promised.
+    shutil.copyfile(example_store / "rgb_avif" / "c.0.0.0.0.0", example_store / "rgb_avif" / "c.2.0.0.0.0")
+    (example_store / "K" / "c.0.0.0").unlink()  # a lost chunk file reads back as zeros
+    assert verify_store(example_store) == ["K", "rgb_avif"]
+
+
+def test_verify_names_missing_and_reshaped_arrays(example_store: Path) -> None:
+    shutil.rmtree(example_store / "valid")
+    group = zarr.open_group(example_store, mode="r+")
+    del group["K"]
+    group.create_array("K", shape=(3, 4, 4), dtype="float32", fill_value=0)
+    assert verify_store(example_store) == ["K", "valid"]
+
+
+def test_verify_names_unexpected_arrays(example_store: Path) -> None:
+    zarr.open_group(example_store, mode="r+").create_array("stray", shape=(2,), dtype="uint8", fill_value=0)
+    assert verify_store(example_store) == ["stray"]
+
+
+# -- opening -----------------------------------------------------------------------------------------------
+def test_open_store_names_the_path_when_not_a_store(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.zarr"
+    with pytest.raises(StoreError, match="does not exist") as caught:
+        open_store(missing)
+    assert str(missing) in str(caught.value) and isinstance(caught.value, Avat3rError)
+
+    empty = tmp_path / "empty.zarr"
+    empty.mkdir()
+    (empty / ".snakemake_timestamp").touch()
+    with pytest.raises(StoreError, match=r"no zarr\.json") as caught:
+        open_store(empty)
+    assert str(empty) in str(caught.value)
+
+    a_file = tmp_path / "file.zarr"
+    a_file.write_text("{}")
+    with pytest.raises(StoreError, match="not a folder"):
+        open_store(a_file)
+
+    unfinished = tmp_path / "unfinished.zarr"
+    zarr.open_group(unfinished, mode="w", zarr_format=3)  # a group, but not written by write_store
+    with pytest.raises(StoreError, match="incomplete") as caught:
+        open_store(unfinished)
+    assert str(unfinished) in str(caught.value)
+    with pytest.raises(StoreError, match="incomplete"):
+        verify_store(unfinished)
+
+
+def test_open_store_is_read_only(example_store: Path) -> None:
+    group = open_store(example_store)
+    with pytest.raises(Exception):  # noqa: B017 - zarr raises its own read-only error type
+        group["valid"][0, 0] = False
