@@ -84,6 +84,45 @@ def cmd_views(args: argparse.Namespace) -> None:
     write_views(CaptureIndex.load(args.index), frames, config["views"], config["seed"], args.out)
 
 
+def cmd_matting(args: argparse.Namespace) -> None:
+    from avat3r_core.capture import open_capture
+    from avat3r_core.stages.index import CaptureIndex
+    from avat3r_core.stages.matting import run_matting
+
+    config = _config(args)
+    index = CaptureIndex.load(args.index)
+    run_matting(
+        open_capture(config["capture"], index.subject),
+        index,
+        json.loads(Path(args.frames).read_text()),
+        json.loads(Path(args.views).read_text()),
+        config["matting"],
+        args.out,
+        groundtruth=args.groundtruth,
+        progress=not args.quiet,
+    )
+
+
+def cmd_crop(args: argparse.Namespace) -> None:
+    from avat3r_core.capture import open_capture
+    from avat3r_core.stages.crop import run_crop
+    from avat3r_core.stages.index import CaptureIndex
+
+    config = _config(args)
+    index = CaptureIndex.load(args.index)
+    run_crop(
+        open_capture(config["capture"], index.subject),
+        index,
+        json.loads(Path(args.frames).read_text()),
+        json.loads(Path(args.views).read_text()),
+        args.matting,
+        config["crop"],
+        config["matting"]["composite"],
+        args.out,
+        progress=not args.quiet,
+    )
+
+
 def cmd_subjects(args: argparse.Namespace) -> None:
     from avat3r_core.capture import subject_ids
 
@@ -130,6 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, type=Path, help="capture_index.json of the subject")
     p.add_argument("--frames", required=True, type=Path, help="frames.json of the subject")
     p.add_argument("--out", required=True, type=Path, help="views.json to write")
+
+    p = add("matting", cmd_matting, "alpha mattes for the input views and the supervision timesteps")
+    p.add_argument("--index", required=True, type=Path, help="capture_index.json of the subject")
+    p.add_argument("--frames", required=True, type=Path, help="frames.json of the subject")
+    p.add_argument("--views", required=True, type=Path, help="views.json of the subject")
+    p.add_argument("--groundtruth", type=Path, help="synthetic ground truth folder: log IoU against it")
+    p.add_argument("--out", required=True, type=Path, help="matting.zarr to write")
+
+    p = add("crop", cmd_crop, "head-centric crops of input and supervision views, with K and w2c")
+    p.add_argument("--index", required=True, type=Path, help="capture_index.json of the subject")
+    p.add_argument("--frames", required=True, type=Path, help="frames.json of the subject")
+    p.add_argument("--views", required=True, type=Path, help="views.json of the subject")
+    p.add_argument("--matting", required=True, type=Path, help="matting.zarr of the subject")
+    p.add_argument("--out", required=True, type=Path, help="crops.zarr to write")
 
     add("subjects", cmd_subjects, "list the subjects the config selects")
     return parser

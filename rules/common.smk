@@ -29,3 +29,8 @@ def capture_input(wildcards):
         CAPTURE_ROOT, wildcards.subject, subjects_csv=config["capture"]["subjects_csv"]
     ).decoder
     return [f"{decoder}/camera_calibration.json", f"{decoder}/frame_list.csv"]
+
+
+def groundtruth_arg(wildcards):
+    """`--groundtruth DIR` for synthetic captures, so matting logs its IoU against the true alpha."""
+    return f"--groundtruth {config['synthetic']['groundtruth']}" if SYNTHETIC else ""

@@ -37,3 +37,52 @@ rule views:
     shell:
         "avat3r views --config {params.config:q} --index {input.index:q} --frames {input.frames:q}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+rule matting:
+    input:
+        capture=capture_input,
+        index=f"{RESULTS}/{{subject}}/capture_index.json",
+        frames=f"{RESULTS}/{{subject}}/frames.json",
+        views=f"{RESULTS}/{{subject}}/views.json",
+    output:
+        directory(f"{RESULTS}/{{subject}}/matting.zarr"),
+    params:
+        config=sections("capture", "matting"),
+        version=STAGE_VERSIONS["matting"],
+        groundtruth=groundtruth_arg,
+    log:
+        f"{LOGS}/matting/{{subject}}.log",
+    benchmark:
+        f"{BENCHMARKS}/matting/{{subject}}.tsv"
+    threads: 1
+    resources:
+        gpu=lambda wildcards: 1 if config["matting"]["backend"] == "bgmv2" else 0,
+    conda:
+        "../envs/preprocess.yaml"
+    shell:
+        "avat3r matting --config {params.config:q} --index {input.index:q} --frames {input.frames:q}"
+        " --views {input.views:q} {params.groundtruth} --out {output:q} > {log:q} 2>&1"
+
+
+rule crop:
+    input:
+        capture=capture_input,
+        index=f"{RESULTS}/{{subject}}/capture_index.json",
+        frames=f"{RESULTS}/{{subject}}/frames.json",
+        views=f"{RESULTS}/{{subject}}/views.json",
+        matting=f"{RESULTS}/{{subject}}/matting.zarr",
+    output:
+        directory(f"{RESULTS}/{{subject}}/crops.zarr"),
+    params:
+        config=sections("capture", "crop", "matting"),
+        version=STAGE_VERSIONS["crop"],
+    log:
+        f"{LOGS}/crop/{{subject}}.log",
+    benchmark:
+        f"{BENCHMARKS}/crop/{{subject}}.tsv"
+    conda:
+        "../envs/preprocess.yaml"
+    shell:
+        "avat3r crop --config {params.config:q} --index {input.index:q} --frames {input.frames:q}"
+        " --views {input.views:q} --matting {input.matting:q} --out {output:q} > {log:q} 2>&1"

@@ -10,16 +10,7 @@ import pytest
 from avat3r_core.capture.ava256 import Ava256Capture
 from avat3r_core.cli import main
 from avat3r_core.errors import CaptureError
-
-
-def rewrite_member(archive: Path, member: str, data: bytes) -> None:
-    """Replace one member of a zip (keeping the others and the stored layout)."""
-    with zipfile.ZipFile(archive) as source:
-        contents = {name: source.read(name) for name in source.namelist()}
-    contents[member] = data
-    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as target:
-        for name, payload in contents.items():
-            target.writestr(name, payload)
+from tests.helpers import rewrite_member
 
 
 def decoder(capture, subject: str) -> Path:

@@ -13,6 +13,7 @@ import yaml
 
 from avat3r_core.capture.synthetic import SyntheticConfig, synthetic_subject_ids
 from avat3r_core.config import REPO_ROOT
+from avat3r_core.store.manifest import verify_store
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TINY = {
@@ -68,6 +69,7 @@ def test_dry_run_plans_one_index_per_subject(tmp_path: Path) -> None:
     )
     assert table.get("capture_index") == "2"
     assert table.get("frames") == "2"
+    assert table.get("crop") == "2" and table.get("matting") == "2" and table.get("views") == "2"
     assert table.get("synthetic_capture") == "1"
 
 
@@ -98,6 +100,9 @@ def test_end_to_end_builds_capture_indexes(tmp_path: Path) -> None:
         frames = json.loads((tmp_path / "results" / subject / "frames.json").read_text())
         assert len(frames["input"]) == 3 * TINY["frames_per_segment"]  # input_count 10 > frames per segment
         assert "input timesteps" in (tmp_path / "results" / "logs" / "frames" / f"{subject}.log").read_text()
+        matting_log = (tmp_path / "results" / "logs" / "matting" / f"{subject}.log").read_text()
+        assert "IoU vs ground truth mean 0.9" in matting_log
+        assert verify_store(tmp_path / "results" / subject / "crops.zarr") == []
     # A second run finds nothing to do: outputs, params and code are unchanged.
     again = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -10,4 +10,6 @@ STAGE_VERSIONS: dict[str, int] = {
     "capture_index": 2,
     "frames": 1,
     "views": 1,
+    "matting": 1,
+    "crop": 1,
 }

@@ -1,0 +1,214 @@
+"""Matting and crop stages on the synthetic capture, checked against its ground truth; bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from avat3r_core.capture.ava256 import Ava256Capture
+from avat3r_core.config import validate_sections
+from avat3r_core.errors import CaptureError
+from avat3r_core.geometry.crops import CropWindow, cut_crop
+from avat3r_core.matting.composite import composite_on_black
+from avat3r_core.stages.capture_index import build_capture_index
+from avat3r_core.stages.crop import run_crop
+from avat3r_core.stages.frames import select_frames
+from avat3r_core.stages.index import CaptureIndex
+from avat3r_core.stages.matting import run_matting
+from avat3r_core.stages.views import select_views
+from avat3r_core.store.manifest import verify_store
+from avat3r_core.store.zarr_store import open_store
+from tests.helpers import rewrite_member
+
+# The fixture capture is 128x83 (downsample 32): crops keep the 512:667 ratio at 64 and 83 px.
+CONFIG = validate_sections(
+    {
+        "frames": {"supervision_stride": 2},
+        "views": {},
+        "matting": {},
+        "crop": {"input_size": 64, "supervision_size": 83},
+    }
+)
+
+
+def plan(root: Path, subject: str) -> tuple[Ava256Capture, CaptureIndex, dict, dict]:
+    reader = Ava256Capture(root, subject)
+    index = CaptureIndex(build_capture_index(reader))
+    frames = select_frames(index.data, CONFIG["frames"], seed=0)
+    return reader, index, frames, select_views(index, frames, CONFIG["views"], seed=0)
+
+
+def true_alpha(groundtruth: Path, subject: str, camera: str, frame: int) -> np.ndarray:
+    order = json.loads((groundtruth / subject / "meta.json").read_text())["frame_ids"]
+    return np.load(groundtruth / subject / f"cam{camera}.npz")["alpha"][order.index(frame)]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+@pytest.fixture(scope="module")
+def stores(synthetic_capture, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("stages")
+    subject = synthetic_capture.subjects[0]
+    reader, index, frames, views = plan(synthetic_capture.root, subject)
+    summary = run_matting(
+        reader,
+        index,
+        frames,
+        views,
+        CONFIG["matting"],
+        out / "matting.zarr",
+        groundtruth=synthetic_capture.groundtruth,
+        progress=False,
+    )
+    run_crop(
+        reader,
+        index,
+        frames,
+        views,
+        out / "matting.zarr",
+        CONFIG["crop"],
+        "src",
+        out / "crops.zarr",
+        progress=False,
+    )
+    return {
+        "out": out,
+        "subject": subject,
+        "reader": reader,
+        "index": index,
+        "views": views,
+        "summary": summary,
+    }
+
+
+def test_plate_difference_matting_reaches_iou_095(stores, synthetic_capture) -> None:
+    assert stores["summary"]["iou_mean"] >= 0.95
+    group = open_store(stores["out"] / "matting.zarr")
+    cameras = [str(c) for c in group["camera_ids"][...]]
+    frames = [int(f) for f in group["frames"][...]]
+    valid = group["valid"][...]
+    scores = []
+    for c, t in zip(*np.nonzero(valid), strict=True):
+        truth = true_alpha(synthetic_capture.groundtruth, stores["subject"], cameras[c], frames[t])
+        scores.append(iou(group["alpha"][c, t] > 127, truth > 127))
+    assert len(scores) == valid.sum() > 50
+    assert np.mean(scores) == pytest.approx(stores["summary"]["iou_mean"], abs=1e-9)
+    assert np.mean(scores) >= 0.95
+    assert verify_store(stores["out"] / "matting.zarr") == []
+    assert group.attrs["random_weights"] is False and group.attrs["stage"] == "matting"
+
+
+def test_input_crops_are_centred_on_the_head_and_match_the_composite(stores) -> None:
+    group = open_store(stores["out"] / "crops.zarr")
+    reader, index = stores["reader"], stores["index"]
+    cameras = [str(c) for c in group["input/camera_ids"][...]]
+    frames = [int(f) for f in group["input/frames"][...]]
+    matting = open_store(stores["out"] / "matting.zarr")
+    m_cam = {str(c): i for i, c in enumerate(matting["camera_ids"][...])}
+    m_frame = {int(f): i for i, f in enumerate(matting["frames"][...])}
+    valid = group["input/valid"][...]
+    checked = 0
+    for c, t in list(zip(*np.nonzero(valid), strict=True))[:12]:
+        K, w2c = group["input/K"][c, t], group["input/w2c_head"][c, t]
+        x0, y0, size, out_size = group["input/window"][c, t]
+        # The head centre (head-local) projects to the crop centre through (K_crop, w2c_head).
+        cam = K @ (w2c[:3, :3] @ index.head_center + w2c[:3, 3])
+        assert np.allclose(cam[:2] / cam[2], out_size / 2, atol=1.0)
+        # The crop is exactly the matted image's window (no resampling at this size ratio).
+        alpha = matting["alpha"][m_cam[cameras[c]], m_frame[frames[t]]].astype(np.float32) / 255
+        composite = composite_on_black(reader.image(cameras[c], frames[t]), alpha)
+        expected = cut_crop(composite, CropWindow(int(x0), int(y0), int(size), int(out_size)))
+        assert np.array_equal(group["input/rgb"][c, t], expected)
+        checked += 1
+    assert checked == 12
+
+
+def test_supervision_crops_span_the_image_width_and_match_true_alpha(stores, synthetic_capture) -> None:
+    group = open_store(stores["out"] / "crops.zarr")
+    cameras = [str(c) for c in group["supervision/camera_ids"][...]]
+    frames = [int(f) for f in group["supervision/frames"][...]]
+    valid = group["supervision/valid"][...]
+    windows = group["supervision/window"][...]
+    assert (windows[valid][:, 0] == 0).all() and (windows[valid][:, 2] == 83).all()
+    scores = []
+    for c, t in zip(*np.nonzero(valid), strict=True):
+        x0, y0, size, out_size = windows[c, t]
+        truth = true_alpha(synthetic_capture.groundtruth, stores["subject"], cameras[c], frames[t])
+        truth_crop = cut_crop(truth, CropWindow(int(x0), int(y0), int(size), int(out_size)))
+        scores.append(iou(group["supervision/alpha"][c, t] > 127, truth_crop > 127))
+    assert np.mean(scores) >= 0.95
+    assert verify_store(stores["out"] / "crops.zarr") == []
+
+
+def test_dataset_backend_uses_the_shipped_masks(synthetic_capture, tmp_path) -> None:
+    reader, index, frames, views = plan(synthetic_capture.root, synthetic_capture.subjects[1])
+    cfg = dict(CONFIG["matting"], backend="dataset")
+    summary = run_matting(
+        reader,
+        index,
+        frames,
+        views,
+        cfg,
+        tmp_path / "m.zarr",
+        groundtruth=synthetic_capture.groundtruth,
+        progress=False,
+    )
+    assert summary["iou_mean"] >= 0.97 and summary["backend"] == "capture-shipped foreground masks"
+
+
+def _black_avif(shape: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros(shape, dtype=np.uint8)).save(buffer, format="AVIF", quality=90)
+    return buffer.getvalue()
+
+
+def test_blank_image_is_skipped_and_counted_or_an_error(capture_copy, tmp_path, caplog) -> None:
+    tmp_path = tmp_path / "out"
+    subject = capture_copy.subjects[0]
+    reader, index, frames, views = plan(capture_copy.root, subject)
+    camera, frame = views["input_views"][0]
+    archive = reader.decoder / "image" / f"cam{camera}.zip"
+    rewrite_member(archive, f"cam{camera}/{frame:06d}.avif", _black_avif((*index.image_size, 3)))
+    reader = Ava256Capture(capture_copy.root, subject)
+    with caplog.at_level("WARNING"):
+        summary = run_matting(
+            reader, index, frames, views, CONFIG["matting"], tmp_path / "m.zarr", progress=False
+        )
+    assert summary["blank"] == 1
+    assert f"subject {subject}, camera {camera}, frame {frame}: blank image skipped" in caplog.text
+    strict = dict(CONFIG["matting"], bad_image="error")
+    with pytest.raises(
+        CaptureError, match=f"subject {subject}, camera {camera}, frame {frame}: image is blank"
+    ):
+        run_matting(reader, index, frames, views, strict, tmp_path / "strict.zarr", progress=False)
+    assert not (tmp_path / "strict.zarr").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m.zarr"], "no temporary folder may stay behind"
+
+
+def test_missing_background_plate_is_a_clear_error(capture_copy, tmp_path) -> None:
+    tmp_path = tmp_path / "out"
+    tmp_path.mkdir()
+    subject = capture_copy.subjects[0]
+    reader, index, frames, views = plan(capture_copy.root, subject)
+    camera = index.camera_ids[0]
+    archive = reader.decoder / "background_image" / "background_image.zip"
+    with zipfile.ZipFile(archive) as source:
+        kept = {n: source.read(n) for n in source.namelist() if n != f"{camera}.avif"}
+    with zipfile.ZipFile(archive, "w") as target:
+        for name, data in kept.items():
+            target.writestr(name, data)
+    reader = Ava256Capture(capture_copy.root, subject)
+    with pytest.raises(CaptureError) as caught:
+        run_matting(reader, index, frames, views, CONFIG["matting"], tmp_path / "m.zarr", progress=False)
+    assert (
+        str(caught.value) == f"subject {subject}, camera {camera}, file {archive}: missing background plate"
+    )
+    assert list(tmp_path.iterdir()) == []
