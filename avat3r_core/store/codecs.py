@@ -40,8 +40,10 @@ if TYPE_CHECKING:
 AVIF_CODEC_NAME = "avat3r.avif"
 """Name of the codec in zarr.json; namespaced so it can never clash with a future standard codec."""
 
-AVIF_SPEED = 6
-"""libaom speed preset (0 slowest .. 10 fastest). Fixed, and part of the codec config, so it is recorded."""
+AVIF_SPEED = 9
+"""libaom speed preset (0 slowest .. 10 fastest). Fixed, and part of the codec config, so it is recorded.
+On 667x667 head crops at quality 90, speed 9 encodes and decodes 5.5x faster than speed 6 (33 vs 181 ms)
+for 12% more bytes at the same PSNR (47.2 dB): encoding was the largest cost of the crop stage."""
 
 ZSTD_LEVEL = 3
 """zstd level for lossless data: the zstd default, a good size/speed point for images and small arrays."""
