@@ -31,4 +31,4 @@ include: "rules/preprocess.smk"
 rule all:
     default_target: True
     input:
-        expand(f"{RESULTS}/{{subject}}/crops.zarr", subject=SUBJECTS),
+        expand(f"{RESULTS}/{{subject}}/positions.zarr", subject=SUBJECTS),

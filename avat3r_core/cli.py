@@ -123,6 +123,16 @@ def cmd_crop(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_positions(args: argparse.Namespace) -> None:
+    from avat3r_core.capture import open_capture
+    from avat3r_core.stages.positions import run_positions
+
+    config = _config(args)
+    views = json.loads(Path(args.views).read_text())
+    reader = open_capture(config["capture"], views["subject"])
+    run_positions(reader, args.crops, views, config["positions"], args.out, progress=not args.quiet)
+
+
 def cmd_subjects(args: argparse.Namespace) -> None:
     from avat3r_core.capture import subject_ids
 
@@ -183,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", required=True, type=Path, help="views.json of the subject")
     p.add_argument("--matting", required=True, type=Path, help="matting.zarr of the subject")
     p.add_argument("--out", required=True, type=Path, help="crops.zarr to write")
+
+    p = add("positions", cmd_positions, "position and confidence maps of the input views (DUSt3R or mesh)")
+    p.add_argument("--crops", required=True, type=Path, help="crops.zarr of the subject")
+    p.add_argument("--views", required=True, type=Path, help="views.json of the subject")
+    p.add_argument("--out", required=True, type=Path, help="positions.zarr to write")
 
     add("subjects", cmd_subjects, "list the subjects the config selects")
     return parser

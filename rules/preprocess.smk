@@ -86,3 +86,26 @@ rule crop:
     shell:
         "avat3r crop --config {params.config:q} --index {input.index:q} --frames {input.frames:q}"
         " --views {input.views:q} --matting {input.matting:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule positions:
+    input:
+        capture=capture_input,
+        crops=f"{RESULTS}/{{subject}}/crops.zarr",
+        views=f"{RESULTS}/{{subject}}/views.json",
+    output:
+        directory(f"{RESULTS}/{{subject}}/positions.zarr"),
+    params:
+        config=sections("capture", "positions"),
+        version=STAGE_VERSIONS["positions"],
+    log:
+        f"{LOGS}/positions/{{subject}}.log",
+    benchmark:
+        f"{BENCHMARKS}/positions/{{subject}}.tsv"
+    resources:
+        gpu=lambda wildcards: 1 if config["positions"]["backend"] == "dust3r" else 0,
+    conda:
+        "../envs/dust3r.yaml"
+    shell:
+        "avat3r positions --config {params.config:q} --crops {input.crops:q} --views {input.views:q}"
+        " --out {output:q} > {log:q} 2>&1"

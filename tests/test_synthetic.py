@@ -25,7 +25,7 @@ from avat3r_core.capture.synthetic import (
     synthetic_capture_folder,
     synthetic_subject_ids,
 )
-from avat3r_core.capture.synthetic.raster import rasterize
+from avat3r_core.geometry.raster import rasterize
 
 CFG = SyntheticConfig(n_subjects=2, n_cameras=6, frames_per_segment=2, downsample=32, seed=3)
 NATIVE_W, NATIVE_H = 2668, 4096

@@ -12,4 +12,5 @@ STAGE_VERSIONS: dict[str, int] = {
     "views": 1,
     "matting": 1,
     "crop": 1,
+    "positions": 1,
 }

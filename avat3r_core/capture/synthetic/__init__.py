@@ -5,7 +5,7 @@ The pipeline's Ava-256 reader is exercised for real on this capture, and every s
 the true alpha, depth, cameras, head poses and blend weights written next to it. Modules, one job each:
 config (the config and pure naming functions), head (procedural head, blendshapes, appearance), expression
 (blend weights, segment trajectories, 256-d codes), timeline (frames, head motion, dropped images), dome
-(cameras and background plates), raster (z-buffer rasteriser), shading (textures and light), render (one
+(cameras and background plates), shading (textures and light), render (one
 camera of one subject), writer (the Ava-256 layout and the process pool).
 """
 

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avat3r_core.geometry.raster import rasterize
+
 from .config import SyntheticConfig, image_size, scale_intrinsics, subject_rng
 from .dome import Dome, background_plate, build_dome
 from .head import TRACKED_PARTS, HeadModel, build_head, sample_identity
-from .raster import rasterize
 from .shading import detail_texture, shade, vertex_normals
 from .timeline import Timeline, build_timeline
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from avat3r_core.geometry.raster import Raster
+
 from .head import PART_EYE, PART_HAIR, PART_MOUTH, PART_SKIN, PART_TONGUE, PART_TORSO, HeadModel
-from .raster import Raster
 
 LIGHTS_WORLD = (
     (np.array([0.35, 0.75, -1.0]), 0.50),  # key light above the face side (the head faces world -z)
