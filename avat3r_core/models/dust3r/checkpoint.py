@@ -134,7 +134,7 @@ def constructor_string(kwargs: Mapping[str, Any]) -> str:
 # reading the two layouts
 
 
-def _read_pth(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _read_pth(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], bool]:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -164,10 +164,11 @@ def _read_pth(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     state = ckpt["model"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(path, "'model' is not a state dict of tensors")
-    return kwargs, dict(state)
+    # write_random_dust3r marks its files, so logs and stores can say a random network made them.
+    return kwargs, dict(state), bool(getattr(args, "random_weights", False))
 
 
-def _read_hf(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _read_hf(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], bool]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -189,7 +190,7 @@ def _read_hf(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         state = load_file(weights, device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(weights, f"cannot read (corrupt or truncated safetensors?): {exc}") from exc
-    return kwargs, state
+    return kwargs, state, False
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -259,16 +260,19 @@ def build_from_state(
 def load_dust3r(path: str | Path, device: str | torch.device = "cpu") -> AsymmetricCroCo3DStereo:
     """Load an official ``.pth`` file or a Hugging Face folder (config.json + model.safetensors), strictly.
 
-    Returns the network in eval mode on ``device``. Every failure is a :class:`CheckpointError`.
+    Returns the network in eval mode on ``device``, with ``random_weights`` set True when the file was
+    written by :func:`write_random_dust3r`. Every failure is a :class:`CheckpointError`.
     """
     path = Path(path)
     if path.is_dir():
-        kwargs, state = _read_hf(path)
+        kwargs, state, random_weights = _read_hf(path)
     elif path.is_file():
-        kwargs, state = _read_pth(path)
+        kwargs, state, random_weights = _read_pth(path)
     else:
         raise CheckpointError(path, "no such file or folder")
-    return build_from_state(kwargs, state, path, device)
+    model = build_from_state(kwargs, state, path, device)
+    model.random_weights = random_weights
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -328,7 +332,7 @@ def write_random_dust3r(path: str | Path, seed: int = 0, **kwargs: Any) -> Path:
     """
     path = Path(path)
     model, full = random_dust3r(seed, **kwargs)
-    args = argparse.Namespace(model=constructor_string(full))
+    args = argparse.Namespace(model=constructor_string(full), random_weights=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "args": args}, path)
     return path
