@@ -32,3 +32,4 @@ rule all:
     default_target: True
     input:
         expand(f"{RESULTS}/{{subject}}/positions.zarr", subject=SUBJECTS),
+        expand(f"{RESULTS}/{{subject}}/features.zarr", subject=SUBJECTS),

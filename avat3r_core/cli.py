@@ -133,6 +133,20 @@ def cmd_positions(args: argparse.Namespace) -> None:
     run_positions(reader, args.crops, views, config["positions"], args.out, progress=not args.quiet)
 
 
+def cmd_features(args: argparse.Namespace) -> None:
+    from avat3r_core.stages.features import run_features
+
+    config = _config(args)
+    run_features(
+        args.crops,
+        config["features"],
+        config["seed"],
+        args.out,
+        subject=args.subject,
+        progress=not args.quiet,
+    )
+
+
 def cmd_subjects(args: argparse.Namespace) -> None:
     from avat3r_core.capture import subject_ids
 
@@ -198,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crops", required=True, type=Path, help="crops.zarr of the subject")
     p.add_argument("--views", required=True, type=Path, help="views.json of the subject")
     p.add_argument("--out", required=True, type=Path, help="positions.zarr to write")
+
+    p = add("features", cmd_features, "Sapiens features of every input crop")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--crops", required=True, type=Path, help="crops.zarr of the subject")
+    p.add_argument("--out", required=True, type=Path, help="features.zarr to write")
 
     add("subjects", cmd_subjects, "list the subjects the config selects")
     return parser

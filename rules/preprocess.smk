@@ -109,3 +109,24 @@ rule positions:
     shell:
         "avat3r positions --config {params.config:q} --crops {input.crops:q} --views {input.views:q}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+rule features:
+    input:
+        crops=f"{RESULTS}/{{subject}}/crops.zarr",
+    output:
+        directory(f"{RESULTS}/{{subject}}/features.zarr"),
+    params:
+        config=sections("features", "seed"),
+        version=STAGE_VERSIONS["features"],
+    log:
+        f"{LOGS}/features/{{subject}}.log",
+    benchmark:
+        f"{BENCHMARKS}/features/{{subject}}.tsv"
+    resources:
+        gpu=lambda wildcards: 1 if config["features"]["checkpoint"] else 0,
+    conda:
+        "../envs/sapiens.yaml"
+    shell:
+        "avat3r features --config {params.config:q} --subject {wildcards.subject} --crops {input.crops:q}"
+        " --out {output:q} > {log:q} 2>&1"

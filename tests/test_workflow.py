@@ -70,7 +70,7 @@ def test_dry_run_plans_one_index_per_subject(tmp_path: Path) -> None:
     assert table.get("capture_index") == "2"
     assert table.get("frames") == "2"
     assert table.get("crop") == "2" and table.get("matting") == "2" and table.get("views") == "2"
-    assert table.get("positions") == "2"
+    assert table.get("positions") == "2" and table.get("features") == "2"
     assert table.get("synthetic_capture") == "1"
 
 
@@ -105,6 +105,8 @@ def test_end_to_end_builds_capture_indexes(tmp_path: Path) -> None:
         assert "IoU vs ground truth mean 0.9" in matting_log
         assert verify_store(tmp_path / "results" / subject / "crops.zarr") == []
         assert verify_store(tmp_path / "results" / subject / "positions.zarr") == []
+        features_log = (tmp_path / "results" / "logs" / "features" / f"{subject}.log").read_text()
+        assert "RANDOM WEIGHTS" in features_log
     # A second run finds nothing to do: outputs, params and code are unchanged.
     again = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -13,4 +13,5 @@ STAGE_VERSIONS: dict[str, int] = {
     "matting": 1,
     "crop": 1,
     "positions": 1,
+    "features": 1,
 }
