@@ -46,6 +46,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from avat3r_core.errors import Avat3rError
+from avat3r_core.models.keys import key_mismatch, name_keys
 from avat3r_core.store.atomic import atomic_path
 
 PATCH_SIZE = 16
@@ -54,7 +55,6 @@ PRETRAIN_IMG_SIZE = 1024
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
 IMAGENET_STD_255 = (58.395, 57.12, 57.375)
 RANDOM_WEIGHTS_MARKER = "avat3r.random_weights"
-_MAX_NAMED_KEYS = 8
 
 # mmpretrain `VisionTransformer.arch_zoo` entries for the released pretrain models (FFN = 4 x width).
 SAPIENS_ARCHS: dict[str, dict[str, int]] = {
@@ -231,11 +231,6 @@ def to_sapiens_key(key: str) -> str:
     return _rename(key, _TO_SAPIENS)
 
 
-def _name_keys(keys: Sequence[str]) -> str:
-    shown = ", ".join(keys[:_MAX_NAMED_KEYS])
-    return shown + (f" ... (+{len(keys) - _MAX_NAMED_KEYS} more)" if len(keys) > _MAX_NAMED_KEYS else "")
-
-
 def _guess_arch(state: Mapping[str, Tensor]) -> str | None:
     """The released model whose width and depth the file has, for 'wrong --name' hints in errors."""
     cls = state.get("cls_token")
@@ -262,9 +257,7 @@ def extract_backbone(obj: Mapping[str, Any], path: str | Path) -> OrderedDict[st
             break
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
-        raise SapiensCheckpointError(
-            path, f"is not a state dict of tensors; other entries: {_name_keys(bad)}"
-        )
+        raise SapiensCheckpointError(path, f"is not a state dict of tensors; other entries: {name_keys(bad)}")
     prefixed = [k for k in obj if k.startswith("backbone.")]
     if prefixed:
         return OrderedDict((k[len("backbone.") :], obj[k]) for k in prefixed)
@@ -285,11 +278,7 @@ def convert_state_dict(
     missing = [k for k in wanted if k not in state]
     unexpected = [k for k in state if k not in wanted]
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {_name_keys(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_name_keys(unexpected)}")
+        parts = key_mismatch(missing, unexpected)
         guess = _guess_arch(state)
         if guess is not None:
             parts.append(f"the file looks like {guess}")
@@ -312,7 +301,7 @@ def convert_state_dict(
     if mismatched:
         guess = _guess_arch(state)
         hint = f"; the file looks like {guess}" if guess is not None else ""
-        raise SapiensCheckpointError(path, f"shape mismatch: {_name_keys(mismatched)}{hint}")
+        raise SapiensCheckpointError(path, f"shape mismatch: {name_keys(mismatched)}{hint}")
     return converted
 
 

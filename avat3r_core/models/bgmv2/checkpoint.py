@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from avat3r_core.errors import Avat3rError
 from avat3r_core.models.bgmv2.network import BACKBONES, MattingBase, MattingRefine
+from avat3r_core.models.keys import key_mismatch, name_keys
 from avat3r_core.store.atomic import atomic_path
 
 RANDOM_WEIGHTS_MARKER = "avat3r.random_weights"
@@ -33,7 +34,6 @@ TORCHSCRIPT_ATTRIBUTES = (
     "refine_threshold",
     "refine_prevent_oversampling",
 )
-_MAX_NAMED_KEYS = 8
 
 
 class CheckpointError(Avat3rError):
@@ -42,11 +42,6 @@ class CheckpointError(Avat3rError):
     def __init__(self, path: str | Path, message: str) -> None:
         self.path = Path(path)
         super().__init__(f"BGMv2 checkpoint {self.path}: {message}")
-
-
-def _name_keys(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_MAX_NAMED_KEYS])
-    return shown + (f" ... (+{len(keys) - _MAX_NAMED_KEYS} more)" if len(keys) > _MAX_NAMED_KEYS else "")
 
 
 def detect_backbone(keys: list[str] | set[str]) -> str | None:
@@ -96,7 +91,7 @@ def read_state_dict(path: str | Path) -> OrderedDict[str, Tensor]:
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
         raise CheckpointError(
-            path, f"is not a plain state dict; non-tensor entries: {_name_keys([str(k) for k in bad])}"
+            path, f"is not a plain state dict; non-tensor entries: {name_keys([str(k) for k in bad])}"
         )
     if obj and all(k.startswith("module.") for k in obj):  # saved from a DataParallel wrapper
         stripped: OrderedDict[str, Tensor] = OrderedDict((k[len("module.") :], v) for k, v in obj.items())
@@ -125,11 +120,7 @@ def load_state_dict_strict(
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {_name_keys(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_name_keys(unexpected)}")
+        parts = key_mismatch(missing, unexpected)
         wanted = detect_backbone(list(expected))
         found = detect_backbone(list(state_dict))
         if found is not None and found != wanted:
@@ -141,7 +132,7 @@ def load_state_dict_strict(
         if tuple(v.shape) != tuple(expected[k].shape)
     ]
     if mismatched:
-        raise CheckpointError(path, f"{len(mismatched)} shape mismatches: {_name_keys(mismatched)}")
+        raise CheckpointError(path, f"{len(mismatched)} shape mismatches: {name_keys(mismatched)}")
     model.load_state_dict(state_dict, strict=True)
 
 
