@@ -26,10 +26,10 @@ wildcard_constraints:
 
 include: "rules/capture.smk"
 include: "rules/preprocess.smk"
+include: "rules/shards.smk"
 
 
 rule all:
     default_target: True
     input:
-        expand(f"{RESULTS}/{{subject}}/positions.zarr", subject=SUBJECTS),
-        expand(f"{RESULTS}/{{subject}}/features.zarr", subject=SUBJECTS),
+        f"{RESULTS}/dataset_index.json",

@@ -147,6 +147,37 @@ def cmd_features(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_shards(args: argparse.Namespace) -> None:
+    from avat3r_core.capture import open_capture
+    from avat3r_core.stages.shards import run_shards
+
+    config = _config(args)
+    stores = {"crops": args.crops, "positions": args.positions, "features": args.features}
+    frames = json.loads(Path(args.frames).read_text())
+    run_shards(open_capture(config["capture"], frames["subject"]), frames, stores, config["shards"], args.out)
+
+
+def cmd_dataset_index(args: argparse.Namespace) -> None:
+    from avat3r_core.stages.shards import write_dataset_index
+
+    config = _config(args)
+    shards = {Path(path).parent.name: Path(path) for path in args.shards}
+    write_dataset_index(shards, config["shards"], args.out)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from avat3r_core.errors import Avat3rError
+    from avat3r_core.store.manifest import verify_store
+
+    failed = False
+    for path in args.paths:
+        bad = verify_store(path)
+        print(f"{path}: {'OK' if not bad else 'CORRUPT arrays: ' + ', '.join(bad)}")
+        failed |= bool(bad)
+    if failed:
+        raise Avat3rError("some stores differ from their manifests (see above)")
+
+
 def cmd_subjects(args: argparse.Namespace) -> None:
     from avat3r_core.capture import subject_ids
 
@@ -217,6 +248,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject", required=True)
     p.add_argument("--crops", required=True, type=Path, help="crops.zarr of the subject")
     p.add_argument("--out", required=True, type=Path, help="features.zarr to write")
+
+    p = add("shards", cmd_shards, "verify a subject's stores as one training shard, with expression codes")
+    p.add_argument("--frames", required=True, type=Path, help="frames.json of the subject")
+    p.add_argument("--crops", required=True, type=Path)
+    p.add_argument("--positions", required=True, type=Path)
+    p.add_argument("--features", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="shard.zarr to write")
+
+    p = add(
+        "dataset-index", cmd_dataset_index, "index every subject's shard with its train/validation/test split"
+    )
+    p.add_argument(
+        "--shards", required=True, nargs="+", help="{results}/{subject}/shard.zarr of every subject"
+    )
+    p.add_argument("--out", required=True, type=Path, help="dataset_index.json to write")
+
+    p = add("validate", cmd_validate, "re-check stores against their manifests and name corrupt arrays")
+    p.add_argument("paths", nargs="+", type=Path, help="store folders (*.zarr)")
 
     add("subjects", cmd_subjects, "list the subjects the config selects")
     return parser

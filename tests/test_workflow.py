@@ -71,6 +71,7 @@ def test_dry_run_plans_one_index_per_subject(tmp_path: Path) -> None:
     assert table.get("frames") == "2"
     assert table.get("crop") == "2" and table.get("matting") == "2" and table.get("views") == "2"
     assert table.get("positions") == "2" and table.get("features") == "2"
+    assert table.get("shards") == "2" and table.get("dataset_index") == "1"
     assert table.get("synthetic_capture") == "1"
 
 
@@ -107,6 +108,9 @@ def test_end_to_end_builds_capture_indexes(tmp_path: Path) -> None:
         assert verify_store(tmp_path / "results" / subject / "positions.zarr") == []
         features_log = (tmp_path / "results" / "logs" / "features" / f"{subject}.log").read_text()
         assert "RANDOM WEIGHTS" in features_log
+    index = json.loads((tmp_path / "results" / "dataset_index.json").read_text())
+    assert index["counts"] == {"train": 1, "validation": 0, "test": 1}
+    assert all(entry["random_weights"] for entry in index["subjects"].values())
     # A second run finds nothing to do: outputs, params and code are unchanged.
     again = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -14,4 +14,6 @@ STAGE_VERSIONS: dict[str, int] = {
     "crop": 1,
     "positions": 1,
     "features": 1,
+    "shards": 1,
+    "dataset_index": 1,
 }
