@@ -184,6 +184,7 @@ class Avat3rShardDataset(Dataset):
         self._pairs = [(s, int(t)) for s, subject in enumerate(self.subjects) for t in subject.targets]
         self._handles: dict[str, Any] = {}
         self._handles_pid = -1
+        self._arrays: dict[str, np.ndarray] = {}  # small arrays cached per process (plain numpy, picklable)
 
     # ------------------------------------------------------------------ bookkeeping
     def __len__(self) -> int:
@@ -202,6 +203,13 @@ class Avat3rShardDataset(Dataset):
         """The camera id strings that ``input_camera_index`` / ``target_camera_index`` index into."""
         meta = self.subjects[[s.name for s in self.subjects].index(subject)]
         return list(meta.input_cameras if kind == "input" else meta.supervision_cameras)
+
+    def _small(self, subject: _Subject, store: str, name: str) -> np.ndarray:
+        """Small per-subject arrays (intrinsics, extrinsics), read once per process."""
+        key = f"{subject.name}/{store}/{name}"
+        if key not in self._arrays:
+            self._arrays[key] = self._group(subject, store)[name][...]
+        return self._arrays[key]
 
     def _group(self, subject: _Subject, store: str) -> Any:
         if self._handles_pid != os.getpid():  # forked after opening: zarr handles must not be shared
@@ -275,11 +283,13 @@ class Avat3rShardDataset(Dataset):
         features = self._group(subject, "features")
         shard = self._group(subject, "shard")
         size = subject.crop_size
-        views = list(zip(plan["cameras"].tolist(), plan["times"].tolist(), strict=True))
+        cams, times = plan["cameras"], plan["times"]
+        views = list(zip(cams.tolist(), times.tolist(), strict=True))
         rgb = np.stack([crops["input/rgb"][c, t] for c, t in views])
         alpha = np.stack([crops["input/alpha"][c, t] for c, t in views])
-        K = np.stack([crops["input/K"][c, t] for c, t in views])
-        w2c = np.stack([crops["input/w2c_head"][c, t] for c, t in views])
+        # Intrinsics and extrinsics come from per-process copies: one zarr read costs ~1 ms.
+        K = self._small(subject, "crops", "input/K")[cams, times]
+        w2c = self._small(subject, "crops", "input/w2c_head")[cams, times]
         plucker = np.stack(
             [
                 plucker_rays(Camera(K=k, w2c=m, width=size, height=size)).transpose(2, 0, 1)
@@ -302,9 +312,10 @@ class Avat3rShardDataset(Dataset):
         for j, c in enumerate(chosen.tolist()):
             t_rgb[j] = crops["supervision/rgb"][c, target]
             t_alpha[j] = crops["supervision/alpha"][c, target]
-            t_K[j] = crops["supervision/K"][c, target]
-            t_w2c[j] = crops["supervision/w2c_head"][c, target]
-            t_index[j] = c
+        if chosen.size:
+            t_K[: chosen.size] = self._small(subject, "crops", "supervision/K")[chosen, target]
+            t_w2c[: chosen.size] = self._small(subject, "crops", "supervision/w2c_head")[chosen, target]
+            t_index[: chosen.size] = chosen
         frame = int(subject.supervision_frames[target])
         code = shard["expression_codes"][subject.code_row[frame]]
 
