@@ -178,6 +178,24 @@ def cmd_validate(args: argparse.Namespace) -> None:
         raise Avat3rError("some stores differ from their manifests (see above)")
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from avat3r_core.capture.synthetic import SyntheticConfig, image_size
+    from avat3r_core.plan import CaptureSize, format_plan, plan
+
+    config = _config(args)
+    if args.subjects:
+        size = CaptureSize(
+            args.subjects, args.cameras, args.frames, args.height, args.width, args.front_facing
+        )
+    else:
+        synthetic = config["synthetic"]
+        cfg = SyntheticConfig(**{k: v for k, v in synthetic.items() if k not in {"enabled", "groundtruth"}})
+        height, width = image_size(cfg.downsample)
+        frames = cfg.frames_per_segment * len(cfg.segments)
+        size = CaptureSize(cfg.n_subjects, cfg.n_cameras, frames, height, width, args.front_facing)
+    print(format_plan(plan(config, size), size))
+
+
 def cmd_subjects(args: argparse.Namespace) -> None:
     from avat3r_core.capture import subject_ids
 
@@ -266,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("validate", cmd_validate, "re-check stores against their manifests and name corrupt arrays")
     p.add_argument("paths", nargs="+", type=Path, help="store folders (*.zarr)")
+
+    p = add("plan", cmd_plan, "jobs and bytes per stage of a config, before running it")
+    p.add_argument("--subjects", type=int, help="describe a capture instead of the synthetic one")
+    p.add_argument("--cameras", type=int, default=80)
+    p.add_argument("--frames", type=int, default=5000)
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--width", type=int, default=667)
+    p.add_argument("--front-facing", type=float, default=0.5, help="share of cameras that may be inputs")
 
     add("subjects", cmd_subjects, "list the subjects the config selects")
     return parser
