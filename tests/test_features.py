@@ -12,7 +12,6 @@ from avat3r_core.stages.features import run_features
 from avat3r_core.stages.positions import InputCrops
 from avat3r_core.store.manifest import verify_store
 from avat3r_core.store.zarr_store import open_store
-from tests.test_positions import mesh_positions  # noqa: F401  (module fixture: crops of the tiny capture)
 
 TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2}
 
@@ -21,7 +20,7 @@ def features_config(**overrides) -> dict:
     return validate_sections({"features": {"input_size": 128, "tiny": TINY, **overrides}})["features"]
 
 
-def test_features_match_the_network_on_each_crop(mesh_positions, tmp_path) -> None:  # noqa: F811
+def test_features_match_the_network_on_each_crop(mesh_positions, tmp_path) -> None:
     crops_path = mesh_positions["out"] / "crops.zarr"
     checkpoint = write_random_sapiens(tmp_path / "sapiens_tiny_clean.pth", TINY, seed=3)
     cfg = features_config(checkpoint=str(checkpoint), model="tiny")
@@ -39,7 +38,7 @@ def test_features_match_the_network_on_each_crop(mesh_positions, tmp_path) -> No
     assert verify_store(tmp_path / "features.zarr") == []
 
 
-def test_default_is_a_labelled_tiny_random_network(mesh_positions, tmp_path) -> None:  # noqa: F811
+def test_default_is_a_labelled_tiny_random_network(mesh_positions, tmp_path) -> None:
     summary = run_features(
         mesh_positions["out"] / "crops.zarr",
         features_config(),
@@ -51,7 +50,7 @@ def test_default_is_a_labelled_tiny_random_network(mesh_positions, tmp_path) -> 
     assert summary["model"].endswith("RANDOM WEIGHTS") and summary["grid"] == 8
 
 
-def test_feature_grid_must_match_the_token_grid(mesh_positions, tmp_path) -> None:  # noqa: F811
+def test_feature_grid_must_match_the_token_grid(mesh_positions, tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"features\.input_size.*8x8 token grid.*use 128"):
         run_features(
             mesh_positions["out"] / "crops.zarr",

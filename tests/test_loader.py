@@ -23,12 +23,11 @@ from avat3r_core.recon.data import Avat3rShardDataset, WeightedConcat
 from avat3r_core.stages.shards import run_shards, write_dataset_index
 from avat3r_core.store.atomic import write_json_atomic
 from avat3r_core.store.zarr_store import StoreError, open_store, write_store
-from tests.test_positions import mesh_positions  # noqa: F401  (module fixture, needed by shard_inputs)
-from tests.test_shards import CONFIG, shard_inputs  # noqa: F401  (module fixture: the subject's stores)
+from tests.helpers import SHARD_STAGES as CONFIG
 
 
 @pytest.fixture(scope="module")
-def index_path(shard_inputs, mesh_positions, tmp_path_factory) -> Path:  # noqa: F811
+def index_path(shard_inputs, mesh_positions, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("loader")
     subject = mesh_positions["subject"]
     shard = root / subject / "shard.zarr"
@@ -111,7 +110,7 @@ def test_shapes_dtypes_and_values_match_the_stores(dataset, index_path) -> None:
     assert np.array_equal(item["expression"].numpy(), shard["expression_codes"][row])
 
 
-def test_input_views_are_distinct_pooled_cameras(dataset, index_path, mesh_positions) -> None:  # noqa: F811
+def test_input_views_are_distinct_pooled_cameras(dataset, index_path, mesh_positions) -> None:
     pool = set(mesh_positions["views"]["input_cameras"])
     ids = dataset.camera_ids(mesh_positions["subject"])
     for i in range(len(dataset)):
@@ -170,7 +169,7 @@ def test_weighted_concat(index_path) -> None:
     assert a.epoch == b.epoch == 3
 
 
-def test_missing_store_and_bad_feature_grid(index_path, shard_inputs, tmp_path) -> None:  # noqa: F811
+def test_missing_store_and_bad_feature_grid(index_path, shard_inputs, tmp_path) -> None:
     index = json.loads(index_path.read_text())
     subject = next(iter(index["subjects"]))
     entry = index["subjects"][subject]

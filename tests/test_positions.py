@@ -8,36 +8,10 @@ import numpy as np
 import pytest
 
 from avat3r_core.geometry.transforms import invert_rigid
-from avat3r_core.stages.crop import run_crop
-from avat3r_core.stages.matting import run_matting
 from avat3r_core.stages.positions import InputCrops, run_positions
 from avat3r_core.store.zarr_store import open_store
-from tests.test_preprocess_stages import CONFIG, plan
 
 POSITIONS = {"backend": "mesh"}
-
-
-@pytest.fixture(scope="module")
-def mesh_positions(synthetic_capture, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("positions")
-    subject = synthetic_capture.subjects[0]
-    reader, index, frames, views = plan(synthetic_capture.root, subject)
-    run_matting(reader, index, frames, views, CONFIG["matting"], out / "matting.zarr", progress=False)
-    run_crop(
-        reader,
-        index,
-        frames,
-        views,
-        out / "matting.zarr",
-        CONFIG["crop"],
-        "src",
-        out / "crops.zarr",
-        progress=False,
-    )
-    summary = run_positions(
-        reader, out / "crops.zarr", views, POSITIONS, out / "positions.zarr", progress=False
-    )
-    return {"out": out, "subject": subject, "index": index, "views": views, "summary": summary}
 
 
 def test_mesh_positions_match_the_true_surface_to_1mm(mesh_positions, synthetic_capture) -> None:

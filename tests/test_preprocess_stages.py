@@ -12,36 +12,13 @@ import pytest
 from PIL import Image
 
 from avat3r_core.capture.ava256 import Ava256Capture
-from avat3r_core.config import validate_sections
 from avat3r_core.errors import CaptureError
 from avat3r_core.geometry.crops import CropWindow, cut_crop
 from avat3r_core.matting.composite import composite_on_black
-from avat3r_core.stages.capture_index import build_capture_index
-from avat3r_core.stages.crop import run_crop
-from avat3r_core.stages.frames import select_frames
-from avat3r_core.stages.index import CaptureIndex
 from avat3r_core.stages.matting import run_matting
-from avat3r_core.stages.views import select_views
 from avat3r_core.store.manifest import verify_store
 from avat3r_core.store.zarr_store import open_store
-from tests.helpers import rewrite_member
-
-# The fixture capture is 128x83 (downsample 32): crops keep the 512:667 ratio at 64 and 83 px.
-CONFIG = validate_sections(
-    {
-        "frames": {"supervision_stride": 2},
-        "views": {},
-        "matting": {},
-        "crop": {"input_size": 64, "supervision_size": 83},
-    }
-)
-
-
-def plan(root: Path, subject: str) -> tuple[Ava256Capture, CaptureIndex, dict, dict]:
-    reader = Ava256Capture(root, subject)
-    index = CaptureIndex(build_capture_index(reader))
-    frames = select_frames(index.data, CONFIG["frames"], seed=0)
-    return reader, index, frames, select_views(index, frames, CONFIG["views"], seed=0)
+from tests.helpers import STAGES, plan, rewrite_member
 
 
 def true_alpha(groundtruth: Path, subject: str, camera: str, frame: int) -> np.ndarray:
@@ -51,42 +28,6 @@ def true_alpha(groundtruth: Path, subject: str, camera: str, frame: int) -> np.n
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
-
-
-@pytest.fixture(scope="module")
-def stores(synthetic_capture, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("stages")
-    subject = synthetic_capture.subjects[0]
-    reader, index, frames, views = plan(synthetic_capture.root, subject)
-    summary = run_matting(
-        reader,
-        index,
-        frames,
-        views,
-        CONFIG["matting"],
-        out / "matting.zarr",
-        groundtruth=synthetic_capture.groundtruth,
-        progress=False,
-    )
-    run_crop(
-        reader,
-        index,
-        frames,
-        views,
-        out / "matting.zarr",
-        CONFIG["crop"],
-        "src",
-        out / "crops.zarr",
-        progress=False,
-    )
-    return {
-        "out": out,
-        "subject": subject,
-        "reader": reader,
-        "index": index,
-        "views": views,
-        "summary": summary,
-    }
 
 
 def test_plate_difference_matting_reaches_iou_095(stores, synthetic_capture) -> None:
@@ -150,7 +91,7 @@ def test_supervision_crops_span_the_image_width_and_match_true_alpha(stores, syn
 
 def test_dataset_backend_uses_the_shipped_masks(synthetic_capture, tmp_path) -> None:
     reader, index, frames, views = plan(synthetic_capture.root, synthetic_capture.subjects[1])
-    cfg = dict(CONFIG["matting"], backend="dataset")
+    cfg = dict(STAGES["matting"], backend="dataset")
     summary = run_matting(
         reader,
         index,
@@ -180,11 +121,11 @@ def test_blank_image_is_skipped_and_counted_or_an_error(capture_copy, tmp_path, 
     reader = Ava256Capture(capture_copy.root, subject)
     with caplog.at_level("WARNING"):
         summary = run_matting(
-            reader, index, frames, views, CONFIG["matting"], tmp_path / "m.zarr", progress=False
+            reader, index, frames, views, STAGES["matting"], tmp_path / "m.zarr", progress=False
         )
     assert summary["blank"] == 1
     assert f"subject {subject}, camera {camera}, frame {frame}: blank image skipped" in caplog.text
-    strict = dict(CONFIG["matting"], bad_image="error")
+    strict = dict(STAGES["matting"], bad_image="error")
     with pytest.raises(
         CaptureError, match=f"subject {subject}, camera {camera}, frame {frame}: image is blank"
     ):
@@ -207,7 +148,7 @@ def test_missing_background_plate_is_a_clear_error(capture_copy, tmp_path) -> No
             target.writestr(name, data)
     reader = Ava256Capture(capture_copy.root, subject)
     with pytest.raises(CaptureError) as caught:
-        run_matting(reader, index, frames, views, CONFIG["matting"], tmp_path / "m.zarr", progress=False)
+        run_matting(reader, index, frames, views, STAGES["matting"], tmp_path / "m.zarr", progress=False)
     assert (
         str(caught.value) == f"subject {subject}, camera {camera}, file {archive}: missing background plate"
     )

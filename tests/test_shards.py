@@ -8,38 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avat3r_core.capture.ava256 import Ava256Capture
 from avat3r_core.cli import main
 from avat3r_core.config import validate_sections
 from avat3r_core.errors import CaptureError, ConfigError
-from avat3r_core.stages.features import run_features
-from avat3r_core.stages.frames import select_frames
 from avat3r_core.stages.shards import assign_splits, run_shards, write_dataset_index
 from avat3r_core.store.zarr_store import StoreError, open_store, write_store
-from tests.test_positions import mesh_positions  # noqa: F401  (module fixture: stores of the tiny capture)
+from tests.helpers import SHARD_STAGES
 
-CONFIG = validate_sections(
-    {"shards": {}, "features": {"input_size": 128, "tiny": {"embed_dim": 32, "depth": 1, "num_heads": 2}}}
-)
-
-
-@pytest.fixture(scope="module")
-def shard_inputs(mesh_positions, synthetic_capture, tmp_path_factory) -> dict:  # noqa: F811
-    out = mesh_positions["out"]
-    run_features(
-        out / "crops.zarr",
-        CONFIG["features"],
-        0,
-        out / "features.zarr",
-        subject=mesh_positions["subject"],
-        progress=False,
-    )
-    reader = Ava256Capture(synthetic_capture.root, mesh_positions["subject"])
-    frames = select_frames(
-        mesh_positions["index"].data, validate_sections({"frames": {"supervision_stride": 2}})["frames"], 0
-    )
-    stores = {name: out / f"{name}.zarr" for name in ("crops", "positions", "features")}
-    return {"reader": reader, "frames": frames, "stores": stores, "tmp": tmp_path_factory.mktemp("shards")}
+CONFIG = SHARD_STAGES
 
 
 def test_shard_holds_the_codes_and_records_the_stores(shard_inputs) -> None:
