@@ -150,10 +150,20 @@ class Ava256Capture(CaptureReader):
         return self._names[path]
 
     def _read_member(
-        self, path: Path, member: str, *, camera: str | None = None, frame: int | None = None
+        self,
+        path: Path,
+        member: str,
+        *,
+        camera: str | None = None,
+        frame: int | None = None,
+        missing: str | None = None,
     ) -> bytes:
+        """A zip member's bytes. An absent member is a MissingImageError (a dropped image, tolerated), or,
+        when `missing` names what it is (plate, head pose, mesh), a CaptureError saying so."""
         archive = self._zip(path)
         if member not in self._names[path]:
+            if missing is not None:
+                raise CaptureError(missing, subject=self.subject, camera=camera, frame=frame, file=path)
             raise MissingImageError(
                 f"{member} is not in the zip", subject=self.subject, camera=camera, frame=frame, file=path
             )
@@ -314,12 +324,7 @@ class Ava256Capture(CaptureReader):
         self._require_camera(camera)
         path = self.decoder / "background_image" / "background_image.zip"
         member = f"{camera}.avif"
-        try:
-            data = self._read_member(path, member, camera=camera)
-        except MissingImageError:
-            raise CaptureError(
-                "missing background plate", subject=self.subject, camera=camera, file=path
-            ) from None
+        data = self._read_member(path, member, camera=camera, missing="missing background plate")
         where = f"{path}:{member}"
         return self._checked(
             self._decode_image(data, "RGB", camera=camera, frame=None, file=where),
@@ -375,10 +380,7 @@ class Ava256Capture(CaptureReader):
     def head_pose(self, frame: int) -> np.ndarray:
         path = self.decoder / "head_pose" / "head_pose.zip"
         member = f"{frame:06d}.txt"
-        try:
-            data = self._read_member(path, member, frame=frame)
-        except MissingImageError:
-            raise CaptureError("missing head pose", subject=self.subject, frame=frame, file=path) from None
+        data = self._read_member(path, member, frame=frame, missing="missing head pose")
         try:
             pose = np.loadtxt(io.StringIO(data.decode()), dtype=np.float64)
         except ValueError as exc:
@@ -400,10 +402,7 @@ class Ava256Capture(CaptureReader):
     def tracked_mesh(self, frame: int) -> np.ndarray:
         path = self.decoder / "kinematic_tracking" / "registration_vertices.zip"
         member = f"{frame:06d}.ply"
-        try:
-            data = self._read_member(path, member, frame=frame)
-        except MissingImageError:
-            raise CaptureError("missing tracked mesh", subject=self.subject, frame=frame, file=path) from None
+        data = self._read_member(path, member, frame=frame, missing="missing tracked mesh")
         try:
             vertex = PlyData.read(io.BytesIO(data))["vertex"]
             vertices = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float64)
