@@ -111,3 +111,10 @@ class CaptureReader(ABC):
     def head_centric_camera(self, camera: str, frame: int) -> Camera:
         """The camera with the head pose factored in: the head stays canonical, the camera moves."""
         return self.cameras()[camera].to_head_centric(self.head_pose(frame))
+
+
+def cached_mesh(reader: CaptureReader, cache: dict[int, np.ndarray], frame: int) -> np.ndarray:
+    """The frame's tracked mesh, decoded once per stage run however many cameras need it."""
+    if frame not in cache:
+        cache[frame] = reader.tracked_mesh(frame)
+    return cache[frame]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from avat3r_core.capture.base import CaptureReader
+from avat3r_core.capture.base import CaptureReader, cached_mesh
 from avat3r_core.geometry.crops import CropWindow, cut_crop, input_window, supervision_window
 from avat3r_core.matting.composite import alpha_to_uint8, composite_on_black
 from avat3r_core.stages.index import CaptureIndex
@@ -134,7 +134,7 @@ def _write_set(
                 head_camera = index.head_centric(camera, frame)
                 vertices = None
                 if kind == "input" and cfg["input_fit"] == "head_extent":
-                    vertices = meshes.setdefault(frame, reader.tracked_mesh(frame))
+                    vertices = cached_mesh(reader, meshes, frame)
                 window = _window(kind, head_camera, index, cfg, vertices)
                 rgbs[i], alphas[i] = _cut(
                     reader.image(camera, frame), *matting.get(camera, frame), window, cfg, composite

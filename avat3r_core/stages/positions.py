@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from avat3r_core.capture.base import CaptureReader
+from avat3r_core.capture.base import CaptureReader, cached_mesh
 from avat3r_core.geometry.cameras import Camera
 from avat3r_core.positions.mesh import mesh_position_map
 from avat3r_core.store.zarr_store import open_store, write_store
@@ -76,12 +76,12 @@ def run_positions(
         description = "tracked mesh rasterised into the crop cameras (no weights)"
     log.info("subject %s: positions backend %s", subject, description)
     n_c, n_t, size = len(crops.camera_ids), len(crops.frames), crops.size
-    todo = [
-        (camera, int(frame))
-        for camera, frame in views["input_views"]
-        if crops.valid[crops.index(camera, int(frame))]
-    ]
+    todo: dict[str, list[int]] = {}  # camera -> frames of its valid input views
+    for camera, frame in views["input_views"]:
+        if crops.valid[crops.index(camera, int(frame))]:
+            todo.setdefault(camera, []).append(int(frame))
     faces = reader.mesh_faces() if backend == "mesh" else None
+    meshes: dict[int, np.ndarray] = {}  # each frame's tracked mesh is decoded once, not once per camera
     coverage: list[float] = []
     with write_store(out, stage="positions", subject=subject, config=cfg) as store:
         position = store.create_images("position", (n_c, n_t, 3, size, size), dtype="float32")
@@ -90,13 +90,13 @@ def run_positions(
         for c, camera in enumerate(tqdm(crops.camera_ids, desc=f"{subject} positions", disable=not progress)):
             points = np.zeros((n_t, 3, size, size), dtype=np.float32)
             conf = np.zeros((n_t, size, size), dtype=np.float32)
-            for camera_, frame in todo:
-                if camera_ != camera:
-                    continue
+            for frame in todo.get(camera, []):
                 t = crops.index(camera, frame)[1]
                 if estimator is None:
                     xyz, mask = mesh_position_map(
-                        reader.tracked_mesh(frame), faces, crops.camera(camera, frame)
+                        cached_mesh(reader, meshes, frame),
+                        faces,
+                        crops.camera(camera, frame),
                     )
                     points[t], conf[t] = xyz.transpose(2, 0, 1), mask.astype(np.float32)
                 else:
