@@ -22,14 +22,17 @@ include: "rules/common.smk"
 
 wildcard_constraints:
     subject="[A-Za-z0-9]+",
+    variant="[A-Za-z0-9_]+",
 
 
 include: "rules/capture.smk"
 include: "rules/preprocess.smk"
 include: "rules/shards.smk"
+include: "rules/train.smk"
 
 
 rule all:
     default_target: True
     input:
         f"{RESULTS}/dataset_index.json",
+        expand(f"{RESULTS}/evaluate/{{variant}}/metrics.json", variant=VARIANTS),

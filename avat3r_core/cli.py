@@ -165,6 +165,30 @@ def cmd_dataset_index(args: argparse.Namespace) -> None:
     write_dataset_index(shards, config["shards"], args.out)
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from avat3r_core.recon.train import run_training
+
+    config = _config(args)
+    final = run_training(config, args.index, args.out, progress=not args.quiet)
+    log.info("trained model written to %s", final)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from avat3r_core.recon.evaluate import evaluate_heldout
+
+    config = _config(args)
+    evaluate_heldout(
+        args.model,
+        args.index,
+        args.out,
+        split=args.split,
+        seed=config["seed"],
+        renderer=config["train"]["renderer"],
+        device=config["train"]["device"],
+        progress=not args.quiet,
+    )
+
+
 def cmd_validate(args: argparse.Namespace) -> None:
     from avat3r_core.errors import Avat3rError
     from avat3r_core.store.manifest import verify_store
@@ -282,6 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, type=Path, help="dataset_index.json to write")
 
+    p = add("train", cmd_train, "train the reconstruction model from the shards (torchrun for many GPUs)")
+    p.add_argument("--index", required=True, type=Path, help="dataset_index.json (its train split is used)")
+    p.add_argument("--out", required=True, type=Path, help="run folder: model.pt, checkpoints/, tensorboard/")
+
+    p = add("evaluate", cmd_evaluate, "score a trained model and the trivial baselines on held-out subjects")
+    p.add_argument("--model", required=True, type=Path, help="model.pt written by avat3r train")
+    p.add_argument("--index", required=True, type=Path, help="dataset_index.json")
+    p.add_argument("--split", default="test", help="split of the index to score (default: test)")
+    p.add_argument("--out", required=True, type=Path, help="folder for metrics.json and grid.png")
+
     p = add("validate", cmd_validate, "re-check stores against their manifests and name corrupt arrays")
     p.add_argument("paths", nargs="+", type=Path, help="store folders (*.zarr)")
 
@@ -307,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except Avat3rError as exc:
-        print(f"avat3r {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        code = getattr(exc, "exit_code", 1)
+        print(f"avat3r {args.command}: {'error: ' if code == 1 else ''}{exc}", file=sys.stderr)
+        return code
     return 0
 
 

@@ -105,3 +105,16 @@ def validate_sections(
         sub_schema = {"type": "object", "properties": {name: schema["properties"][name]}}
         _raise_first_error(sub_schema, checked)
     return checked
+
+
+def variant_sections(config: Mapping[str, Any], variant: str) -> dict[str, Any]:
+    """The ``seed``, ``model`` and ``train`` sections of one training variant, its overrides applied."""
+    variants = config.get("variants") or {"base": {}}
+    if variant not in variants:
+        raise ConfigError("variants", f"no variant named {variant!r} (have {sorted(variants)})")
+    sections = {
+        "seed": config.get("seed", 0),
+        "model": config.get("model", {}),
+        "train": config.get("train", {}),
+    }
+    return validate_sections(sections, variants[variant])

@@ -34,3 +34,21 @@ def capture_input(wildcards):
 def groundtruth_arg(wildcards):
     """`--groundtruth DIR` for synthetic captures, so matting logs its IoU against the true alpha."""
     return f"--groundtruth {config['synthetic']['groundtruth']}" if SYNTHETIC else ""
+
+
+VARIANTS = list(config["variants"])
+
+
+def variant_json(wildcards):
+    """The seed, model and train sections of one variant (its overrides applied) as canonical JSON."""
+    from avat3r_core.config import variant_sections
+
+    return section_json(variant_sections(config, wildcards.variant))
+
+
+def train_launcher(wildcards):
+    """`avat3r`, or torchrun with one process per GPU when the train rule asks for several."""
+    gpus = config["train"]["gpus"]
+    if gpus > 1:
+        return f"torchrun --standalone --nproc-per-node {gpus} -m avat3r_core.cli"
+    return "avat3r"

@@ -14,6 +14,8 @@ from avat3r_core.stages.features import run_features
 from avat3r_core.stages.frames import select_frames
 from avat3r_core.stages.matting import run_matting
 from avat3r_core.stages.positions import run_positions
+from avat3r_core.stages.shards import run_shards, write_dataset_index
+from avat3r_core.store.atomic import write_json_atomic
 from tests.helpers import SHARD_STAGES, STAGES, plan
 
 TINY = SyntheticConfig(n_subjects=2, n_cameras=8, frames_per_segment=2, downsample=32, min_missing=3, seed=7)
@@ -116,3 +118,17 @@ def shard_inputs(mesh_positions, synthetic_capture, tmp_path_factory) -> dict:
     frames = select_frames(mesh_positions["index"].data, STAGES["frames"], 0)
     stores = {name: out / f"{name}.zarr" for name in ("crops", "positions", "features")}
     return {"reader": reader, "frames": frames, "stores": stores, "tmp": tmp_path_factory.mktemp("shards")}
+
+
+@pytest.fixture(scope="session")
+def shard_index(shard_inputs, mesh_positions, tmp_path_factory) -> Path:
+    """A dataset index over the first subject's shard, which is in the train split (no held-out subjects)."""
+    root = tmp_path_factory.mktemp("index")
+    subject = mesh_positions["subject"]
+    shard = root / subject / "shard.zarr"
+    run_shards(
+        shard_inputs["reader"], shard_inputs["frames"], shard_inputs["stores"], SHARD_STAGES["shards"], shard
+    )
+    write_json_atomic(root / subject / "views.json", mesh_positions["views"])
+    write_dataset_index({subject: shard}, dict(SHARD_STAGES["shards"], test_count=0), root / "index.json")
+    return root / "index.json"

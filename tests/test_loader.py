@@ -20,23 +20,13 @@ from avat3r_core.errors import CaptureError
 from avat3r_core.geometry.cameras import Camera
 from avat3r_core.geometry.rays import plucker_rays
 from avat3r_core.recon.data import Avat3rShardDataset, WeightedConcat
-from avat3r_core.stages.shards import run_shards, write_dataset_index
 from avat3r_core.store.atomic import write_json_atomic
 from avat3r_core.store.zarr_store import StoreError, open_store, write_store
-from tests.helpers import SHARD_STAGES as CONFIG
 
 
 @pytest.fixture(scope="module")
-def index_path(shard_inputs, mesh_positions, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("loader")
-    subject = mesh_positions["subject"]
-    shard = root / subject / "shard.zarr"
-    run_shards(
-        shard_inputs["reader"], shard_inputs["frames"], shard_inputs["stores"], CONFIG["shards"], shard
-    )
-    write_json_atomic(root / subject / "views.json", mesh_positions["views"])
-    write_dataset_index({subject: shard}, dict(CONFIG["shards"], test_count=0), root / "index.json")
-    return root / "index.json"
+def index_path(shard_index) -> Path:
+    return shard_index
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.C
 def tiny_config(workdir: Path) -> Path:
     config = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
     config["synthetic"].update(TINY)
+    config["train"].update(steps=2, n_supervision=2, num_workers=0)
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -73,6 +74,7 @@ def test_dry_run_plans_one_index_per_subject(tmp_path: Path) -> None:
     assert table.get("positions") == "2" and table.get("features") == "2"
     assert table.get("shards") == "2" and table.get("dataset_index") == "1"
     assert table.get("synthetic_capture") == "1"
+    assert table.get("train") == "1" and table.get("evaluate") == "1"
 
 
 def test_bad_config_fails_before_any_job(tmp_path: Path) -> None:
@@ -111,6 +113,9 @@ def test_end_to_end_builds_capture_indexes(tmp_path: Path) -> None:
     index = json.loads((tmp_path / "results" / "dataset_index.json").read_text())
     assert index["counts"] == {"train": 1, "validation": 0, "test": 1}
     assert all(entry["random_weights"] for entry in index["subjects"].values())
+    metrics = json.loads((tmp_path / "results" / "evaluate" / "base" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["views_scored"] > 0
+    assert "step 2" in (tmp_path / "results" / "logs" / "train" / "base.log").read_text()
     # A second run finds nothing to do: outputs, params and code are unchanged.
     again = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

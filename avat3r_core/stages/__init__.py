@@ -16,4 +16,6 @@ STAGE_VERSIONS: dict[str, int] = {
     "features": 1,
     "shards": 1,
     "dataset_index": 1,
+    "train": 1,
+    "evaluate": 1,
 }
