@@ -130,7 +130,15 @@ def cmd_positions(args: argparse.Namespace) -> None:
     config = _config(args)
     views = json.loads(Path(args.views).read_text())
     reader = open_capture(config["capture"], views["subject"])
-    run_positions(reader, args.crops, views, config["positions"], args.out, progress=not args.quiet)
+    run_positions(
+        reader,
+        args.crops,
+        views,
+        config["positions"],
+        args.out,
+        groundtruth=args.groundtruth,
+        progress=not args.quiet,
+    )
 
 
 def cmd_features(args: argparse.Namespace) -> None:
@@ -281,9 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matting", required=True, type=Path, help="matting.zarr of the subject")
     p.add_argument("--out", required=True, type=Path, help="crops.zarr to write")
 
-    p = add("positions", cmd_positions, "position and confidence maps of the input views (DUSt3R or mesh)")
+    p = add(
+        "positions",
+        cmd_positions,
+        "position and confidence maps of the input views (mesh, DUSt3R, or synthetic ground truth)",
+    )
     p.add_argument("--crops", required=True, type=Path, help="crops.zarr of the subject")
     p.add_argument("--views", required=True, type=Path, help="views.json of the subject")
+    p.add_argument(
+        "--groundtruth",
+        metavar="DIR",
+        type=Path,
+        help="synthetic ground truth folder, read by positions.backend groundtruth (ORACLE maps)",
+    )
     p.add_argument("--out", required=True, type=Path, help="positions.zarr to write")
 
     p = add("features", cmd_features, "Sapiens features of every input crop")

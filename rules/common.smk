@@ -36,6 +36,13 @@ def groundtruth_arg(wildcards):
     return f"--groundtruth {config['synthetic']['groundtruth']}" if SYNTHETIC else ""
 
 
+def positions_groundtruth_arg(wildcards):
+    """`--groundtruth DIR` for the positions backend `groundtruth` (ORACLE maps) on synthetic captures."""
+    if config["positions"]["backend"] != "groundtruth":
+        return ""
+    return groundtruth_arg(wildcards)
+
+
 VARIANTS = list(config["variants"])
 
 

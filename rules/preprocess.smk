@@ -6,15 +6,15 @@ rule frames:
         f"{RESULTS}/{{subject}}/capture_index.json",
     output:
         f"{RESULTS}/{{subject}}/frames.json",
-    params:
-        config=sections("frames", "seed"),
-        version=STAGE_VERSIONS["frames"],
     log:
         f"{LOGS}/frames/{{subject}}.log",
     benchmark:
         f"{BENCHMARKS}/frames/{{subject}}.tsv"
     conda:
         "../envs/preprocess.yaml"
+    params:
+        config=sections("frames", "seed"),
+        version=STAGE_VERSIONS["frames"],
     shell:
         "avat3r frames --config {params.config:q} --index {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -25,15 +25,15 @@ rule views:
         frames=f"{RESULTS}/{{subject}}/frames.json",
     output:
         f"{RESULTS}/{{subject}}/views.json",
-    params:
-        config=sections("views", "seed"),
-        version=STAGE_VERSIONS["views"],
     log:
         f"{LOGS}/views/{{subject}}.log",
     benchmark:
         f"{BENCHMARKS}/views/{{subject}}.tsv"
     conda:
         "../envs/preprocess.yaml"
+    params:
+        config=sections("views", "seed"),
+        version=STAGE_VERSIONS["views"],
     shell:
         "avat3r views --config {params.config:q} --index {input.index:q} --frames {input.frames:q}"
         " --out {output:q} > {log:q} 2>&1"
@@ -47,19 +47,19 @@ rule matting:
         views=f"{RESULTS}/{{subject}}/views.json",
     output:
         directory(f"{RESULTS}/{{subject}}/matting.zarr"),
-    params:
-        config=sections("capture", "matting"),
-        version=STAGE_VERSIONS["matting"],
-        groundtruth=groundtruth_arg,
     log:
         f"{LOGS}/matting/{{subject}}.log",
     benchmark:
         f"{BENCHMARKS}/matting/{{subject}}.tsv"
+    conda:
+        "../envs/preprocess.yaml"
     threads: 1
     resources:
         gpu=lambda wildcards: 1 if config["matting"]["backend"] == "bgmv2" else 0,
-    conda:
-        "../envs/preprocess.yaml"
+    params:
+        config=sections("capture", "matting"),
+        version=STAGE_VERSIONS["matting"],
+        groundtruth=groundtruth_arg,
     shell:
         "avat3r matting --config {params.config:q} --index {input.index:q} --frames {input.frames:q}"
         " --views {input.views:q} {params.groundtruth} --out {output:q} > {log:q} 2>&1"
@@ -74,15 +74,15 @@ rule crop:
         matting=f"{RESULTS}/{{subject}}/matting.zarr",
     output:
         directory(f"{RESULTS}/{{subject}}/crops.zarr"),
-    params:
-        config=sections("capture", "crop", "matting"),
-        version=STAGE_VERSIONS["crop"],
     log:
         f"{LOGS}/crop/{{subject}}.log",
     benchmark:
         f"{BENCHMARKS}/crop/{{subject}}.tsv"
     conda:
         "../envs/preprocess.yaml"
+    params:
+        config=sections("capture", "crop", "matting"),
+        version=STAGE_VERSIONS["crop"],
     shell:
         "avat3r crop --config {params.config:q} --index {input.index:q} --frames {input.frames:q}"
         " --views {input.views:q} --matting {input.matting:q} --out {output:q} > {log:q} 2>&1"
@@ -95,20 +95,21 @@ rule positions:
         views=f"{RESULTS}/{{subject}}/views.json",
     output:
         directory(f"{RESULTS}/{{subject}}/positions.zarr"),
-    params:
-        config=sections("capture", "positions"),
-        version=STAGE_VERSIONS["positions"],
     log:
         f"{LOGS}/positions/{{subject}}.log",
     benchmark:
         f"{BENCHMARKS}/positions/{{subject}}.tsv"
-    resources:
-        gpu=lambda wildcards: 1 if config["positions"]["backend"] == "dust3r" else 0,
     conda:
         "../envs/dust3r.yaml"
+    resources:
+        gpu=lambda wildcards: 1 if config["positions"]["backend"] == "dust3r" else 0,
+    params:
+        config=sections("capture", "positions"),
+        version=STAGE_VERSIONS["positions"],
+        groundtruth=positions_groundtruth_arg,
     shell:
         "avat3r positions --config {params.config:q} --crops {input.crops:q} --views {input.views:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " {params.groundtruth} --out {output:q} > {log:q} 2>&1"
 
 
 rule features:
@@ -116,17 +117,17 @@ rule features:
         crops=f"{RESULTS}/{{subject}}/crops.zarr",
     output:
         directory(f"{RESULTS}/{{subject}}/features.zarr"),
-    params:
-        config=sections("features", "seed"),
-        version=STAGE_VERSIONS["features"],
     log:
         f"{LOGS}/features/{{subject}}.log",
     benchmark:
         f"{BENCHMARKS}/features/{{subject}}.tsv"
-    resources:
-        gpu=lambda wildcards: 1 if config["features"]["checkpoint"] else 0,
     conda:
         "../envs/sapiens.yaml"
+    resources:
+        gpu=lambda wildcards: 1 if config["features"]["checkpoint"] else 0,
+    params:
+        config=sections("features", "seed"),
+        version=STAGE_VERSIONS["features"],
     shell:
         "avat3r features --config {params.config:q} --subject {wildcards.subject} --crops {input.crops:q}"
         " --out {output:q} > {log:q} 2>&1"

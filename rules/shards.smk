@@ -10,15 +10,15 @@ rule shards:
         features=f"{RESULTS}/{{subject}}/features.zarr",
     output:
         directory(f"{RESULTS}/{{subject}}/shard.zarr"),
-    params:
-        config=sections("capture", "shards"),
-        version=STAGE_VERSIONS["shards"],
     log:
         f"{LOGS}/shards/{{subject}}.log",
     benchmark:
         f"{BENCHMARKS}/shards/{{subject}}.tsv"
     conda:
         "../envs/preprocess.yaml"
+    params:
+        config=sections("capture", "shards"),
+        version=STAGE_VERSIONS["shards"],
     shell:
         "avat3r shards --config {params.config:q} --frames {input.frames:q} --crops {input.crops:q}"
         " --positions {input.positions:q} --features {input.features:q} --out {output:q} > {log:q} 2>&1"
@@ -29,14 +29,14 @@ rule dataset_index:
         expand(f"{RESULTS}/{{subject}}/shard.zarr", subject=SUBJECTS),
     output:
         f"{RESULTS}/dataset_index.json",
-    params:
-        config=sections("shards"),
-        version=STAGE_VERSIONS["dataset_index"],
     log:
         f"{LOGS}/dataset_index.log",
     benchmark:
         f"{BENCHMARKS}/dataset_index.tsv"
     conda:
         "../envs/preprocess.yaml"
+    params:
+        config=sections("shards"),
+        version=STAGE_VERSIONS["dataset_index"],
     shell:
         "avat3r dataset-index --config {params.config:q} --shards {input:q} --out {output:q} > {log:q} 2>&1"

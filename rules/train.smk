@@ -6,20 +6,20 @@ rule train:
         index=f"{RESULTS}/dataset_index.json",
     output:
         f"{RESULTS}/train/{{variant}}/model.pt",
+    log:
+        f"{LOGS}/train/{{variant}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train/{{variant}}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wildcards: config["train"]["gpus"],
     params:
         config=variant_json,
         version=STAGE_VERSIONS["train"],
         launcher=train_launcher,
         out=lambda wildcards: f"{RESULTS}/train/{wildcards.variant}",
-    log:
-        f"{LOGS}/train/{{variant}}.log",
-    benchmark:
-        f"{BENCHMARKS}/train/{{variant}}.tsv"
-    threads: 2
-    resources:
-        gpu=lambda wildcards: config["train"]["gpus"],
-    conda:
-        "../envs/train.yaml"
     shell:
         "{params.launcher} train --config {params.config:q} --index {input.index:q} --out {params.out:q}"
         " > {log:q} 2>&1"
@@ -32,19 +32,19 @@ rule evaluate:
     output:
         metrics=f"{RESULTS}/evaluate/{{variant}}/metrics.json",
         grid=f"{RESULTS}/evaluate/{{variant}}/grid.png",
-    params:
-        config=variant_json,
-        version=STAGE_VERSIONS["evaluate"],
-        out=lambda wildcards: f"{RESULTS}/evaluate/{wildcards.variant}",
     log:
         f"{LOGS}/evaluate/{{variant}}.log",
     benchmark:
         f"{BENCHMARKS}/evaluate/{{variant}}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: 2
     resources:
         gpu=lambda wildcards: min(config["train"]["gpus"], 1),
-    conda:
-        "../envs/train.yaml"
+    params:
+        config=variant_json,
+        version=STAGE_VERSIONS["evaluate"],
+        out=lambda wildcards: f"{RESULTS}/evaluate/{wildcards.variant}",
     shell:
         "avat3r evaluate --config {params.config:q} --model {input.model:q} --index {input.index:q}"
         " --out {params.out:q} > {log:q} 2>&1"

@@ -93,7 +93,8 @@ def run_shards(
         store.write_array("expression_codes", codes.astype(np.float32))
         store.write_array("frames", np.asarray(wanted, dtype=np.int64))
         random = any(bool(open_store(stores[name]).attrs.get("random_weights")) for name in SHARD_STORES)
-        store.set_attrs(random_weights=random)
+        oracle = bool(open_store(stores["positions"]).attrs.get("oracle"))
+        store.set_attrs(random_weights=random, oracle_positions=oracle)
     log.info(
         "subject %s: shard of %s verified (%d px crops, %d feature channels), %d expression codes (%d-d)%s",
         subject,
@@ -102,9 +103,16 @@ def run_shards(
         shapes["feature_channels"],
         len(wanted),
         codes.shape[1],
-        "; contains outputs of RANDOM-WEIGHT networks" if random else "",
+        ("; contains outputs of RANDOM-WEIGHT networks" if random else "")
+        + ("; position maps are the synthetic ORACLE (ground truth)" if oracle else ""),
     )
-    return {"subject": subject, **shapes, "codes": len(wanted), "random_weights": random}
+    return {
+        "subject": subject,
+        **shapes,
+        "codes": len(wanted),
+        "random_weights": random,
+        "oracle_positions": oracle,
+    }
 
 
 def assign_splits(subjects: list[str], cfg: dict[str, Any]) -> dict[str, str]:
@@ -148,6 +156,7 @@ def write_dataset_index(shards: dict[str, Path], cfg: dict[str, Any], out: str |
                 name: _relative(Path(path).parent / info["path"], out.parent) for name, info in stores.items()
             },
             "random_weights": bool(group.attrs["random_weights"]),
+            "oracle_positions": bool(group.attrs.get("oracle_positions", False)),
         }
     splits = assign_splits(list(entries), cfg)
     for subject, split in splits.items():
