@@ -1,35 +1,113 @@
-"""Matting + crop throughput against the floor of decoding and resizing the same AVIF images.
+"""Matting + crop throughput against the floor of decoding and resizing the same AVIF images, in one run.
 
-Generates a synthetic capture (Ava-256 layout), runs the matting and crop stages on one subject in this
-process (one core), and times, on exactly the (camera, frame) images those stages touch:
-  floor       decode each AVIF image and resize it to the crop size (what any pipeline must do at least)
-  matte       the matting algorithm alone on the decoded images (plate_difference by default)
-  stages      matting stage + crop stage end to end (decode, matte, composite, crop, Zarr writes, manifests)
-and prints images/s per core and the stage overhead over the floor, with and without the matte compute.
-Usage: python benchmarks/preprocess.py [--downsample 4] [--cameras 16] [--frames-per-segment 4]
+Generates a synthetic capture (Ava-256 layout; or reuses --capture DIR) and, in ONE process with ONE thread
+for the AVIF decoder and for zarr's codec pool (--threads sets both; the floor runs with the same), times on
+exactly the (camera, frame) images the stages touch:
+  floor   decode each AVIF image and resize it to the input crop size (what any pipeline must do at least)
+  stages  matting stage + crop stage end to end (decodes, matte, composite, crops, encodes, shard writes,
+          checksums, manifests), each stage a fresh reader as in its own job
+Floor and stages alternate --repeats times and the fastest of each counts. Times are CPU seconds of this
+process (all its threads), so images/s are per core and other work on the machine does not inflate them;
+wall seconds are printed beside. One more, instrumented run of the stages splits their CPU time into
+components (exclusive: an encode inside a shard write counts as encode), and the overhead is also given
+without the matte compute and without the codec encodes, so the cost of each can be read off.
+Usage: python benchmarks/preprocess.py [--backend dataset] [--supervision-codec zstd] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
+import threading
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+import PIL.AvifImagePlugin
+import zarr
 from PIL import Image
 
+import avat3r_core.stages.crop as crop_stage
+import avat3r_core.store.manifest as manifest
+import avat3r_core.store.zarr_store as zarr_store
 from avat3r_core.capture.ava256 import Ava256Capture
 from avat3r_core.capture.synthetic import SyntheticConfig, generate_synthetic_capture, synthetic_subject_ids
 from avat3r_core.config import validate_sections
-from avat3r_core.matting.backends import make_matter, mask_to_alpha
+from avat3r_core.matting.backends import PlateDifferenceMatter
 from avat3r_core.stages.capture_index import build_capture_index
 from avat3r_core.stages.crop import run_crop
 from avat3r_core.stages.frames import select_frames
 from avat3r_core.stages.index import CaptureIndex
 from avat3r_core.stages.matting import needed_images, run_matting
 from avat3r_core.stages.views import select_views
+from avat3r_core.store.codecs import AvifCodec
+
+# (label, owner, attribute): what the instrumented run times. Attributes missing in this version of the code
+# are skipped (the breakdown then has fewer rows and more in "other").
+COMPONENTS: list[tuple[str, Any, str]] = [
+    ("decode images (AVIF)", Ava256Capture, "image"),
+    ("decode masks (AVIF)", Ava256Capture, "mask"),
+    ("matte compute", PlateDifferenceMatter, "__call__"),
+    ("composite + cut crops", crop_stage, "_cut"),
+    ("composite + cut crops", crop_stage, "_cut_into"),
+    ("read alpha back (crop stage)", getattr(crop_stage, "_MattingStore", None), "alpha_uint8"),
+    ("read alpha back (crop stage)", getattr(crop_stage, "_MattingStore", None), "get"),
+    ("encode zstd", zarr_store, "_zstd_encode"),
+    ("encode AVIF", AvifCodec, "encode_pixels"),
+    ("checksums (sha256)", getattr(zarr_store, "ContentHash", None), "add"),
+    ("checksums (sha256)", getattr(zarr_store, "ContentHash", None), "hexdigest"),
+    ("checksums (sha256)", manifest, "stored_checksum"),
+    ("checksums (sha256)", manifest, "array_checksum"),
+    ("shard assembly + file writes", zarr_store, "_write_shards"),
+]
+CODEC_ENCODES = ("encode zstd", "encode AVIF")
+
+
+class Breakdown:
+    """Exclusive CPU time (time.thread_time, per thread) of the wrapped functions, by label."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._local = threading.local()
+        self._patched: list[tuple[Any, str, Any]] = []
+
+    def wrap(self, label: str, owner: Any, name: str) -> None:
+        original = getattr(owner, name, None) if owner is not None else None
+        if original is None:
+            return
+        local, seconds = self._local, self.seconds
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            stack = local.__dict__.setdefault("stack", [])
+            stack.append(0.0)  # time spent in wrapped callees, subtracted from this call
+            start = time.thread_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                elapsed = time.thread_time() - start
+                seconds[label] += elapsed - stack.pop()
+                if stack:
+                    stack[-1] += elapsed
+
+        setattr(owner, name, timed)
+        self._patched.append((owner, name, original))
+
+    def restore(self) -> None:
+        for owner, name, original in reversed(self._patched):
+            setattr(owner, name, original)
+        self._patched.clear()
+
+
+def timed(run: Callable[[], None]) -> tuple[float, float]:
+    """(CPU seconds of this process, wall seconds) of one call."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    run()
+    return time.process_time() - cpu, time.perf_counter() - wall
 
 
 def main() -> None:
@@ -39,17 +117,25 @@ def main() -> None:
     parser.add_argument("--frames-per-segment", type=int, default=4)
     parser.add_argument("--backend", default="plate_difference", choices=["plate_difference", "dataset"])
     parser.add_argument("--supervision-codec", default="avif", choices=["avif", "zstd"])
+    parser.add_argument("--repeats", type=int, default=3, help="alternating floor/stages runs; best counts")
+    parser.add_argument("--threads", type=int, default=1, help="AVIF decoder and zarr codec pool threads")
+    parser.add_argument("--capture", type=Path, help="reuse (or generate and keep) the capture here")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    PIL.AvifImagePlugin.DEFAULT_MAX_THREADS = args.threads  # default: every core, per decode
+    zarr.config.set({"threading.max_workers": args.threads})
+
     with tempfile.TemporaryDirectory() as tmp:
-        root, gt, out = Path(tmp) / "capture", Path(tmp) / "gt", Path(tmp) / "out"
+        base = args.capture or Path(tmp)
+        root, gt, out = base / "capture", base / "gt", Path(tmp) / "out"
         cfg = SyntheticConfig(
             n_subjects=1,
             n_cameras=args.cameras,
             frames_per_segment=args.frames_per_segment,
             downsample=args.downsample,
         )
-        generate_synthetic_capture(root, gt, cfg, workers=2, progress=False)
+        if not root.exists():
+            generate_synthetic_capture(root, gt, cfg, workers=2, progress=False)
         subject = synthetic_subject_ids(cfg)[0]
         reader = Ava256Capture(root, subject)
         index = CaptureIndex(build_capture_index(reader))
@@ -71,61 +157,95 @@ def main() -> None:
         views = select_views(index, frames, config["views"], seed=0)
         todo = [(c, f) for c, fs in needed_images(index, frames, views).items() for f in fs]
 
-        start = time.perf_counter()
-        decoded = {}
-        for camera, frame in todo:
-            decoded[camera, frame] = reader.image(camera, frame)
-            Image.fromarray(decoded[camera, frame]).resize((crop_size, crop_size), Image.BILINEAR)
-        floor = time.perf_counter() - start
-
-        start = time.perf_counter()
-        if args.backend == "dataset":
+        def floor() -> None:
+            floor_reader = Ava256Capture(root, subject)
             for camera, frame in todo:
-                mask_to_alpha(reader.mask(camera, frame))
-        else:
-            matter = make_matter(args.backend, {})
-            plates = {camera: reader.background(camera) for camera in index.camera_ids}
-            for (camera, _), image in decoded.items():
-                matter(image[None], plates[camera])
-        matte = time.perf_counter() - start
+                image = Image.fromarray(floor_reader.image(camera, frame))
+                image.resize((crop_size, crop_size), Image.BILINEAR)
 
-        reader = Ava256Capture(root, subject)  # fresh handles: no warm caches from the floor run
-        start = time.perf_counter()
-        run_matting(reader, index, frames, views, config["matting"], out / "matting.zarr", progress=False)
-        run_crop(
-            reader,
-            index,
-            frames,
-            views,
-            out / "matting.zarr",
-            config["crop"],
-            "src",
-            out / "crops.zarr",
-            progress=False,
-        )
-        stages = time.perf_counter() - start
+        summary: dict[str, Any] = {}
+
+        def stages() -> None:
+            matting_reader = Ava256Capture(root, subject)  # fresh handles, as in separate jobs
+            run_matting(
+                matting_reader, index, frames, views, config["matting"], out / "matting.zarr", progress=False
+            )
+            crop_reader = Ava256Capture(root, subject)
+            matting = out / "matting.zarr"
+            summary.update(
+                run_crop(
+                    crop_reader,
+                    index,
+                    frames,
+                    views,
+                    matting,
+                    config["crop"],
+                    "src",
+                    out / "crops.zarr",
+                    progress=False,
+                )
+            )
+
+        floors, runs = [], []
+        for _ in range(args.repeats):
+            floors.append(timed(floor))
+            runs.append(timed(stages))
+        breakdown = Breakdown()
+        for label, owner, name in COMPONENTS:
+            breakdown.wrap(label, owner, name)
+        try:
+            instrumented, _ = timed(stages)
+        finally:
+            breakdown.restore()
 
     n = len(todo)
+    floor_cpu, floor_wall = min(floors)
+    stage_cpu, stage_wall = min(runs)
+    parts = dict(breakdown.seconds)
+    matte = parts.get("matte compute", 0.0)
+    encodes = {label: parts.get(label, 0.0) for label in CODEC_ENCODES}
+
+    def overhead(seconds: float) -> str:
+        return f"{100 * (seconds / floor_cpu - 1):.0f}%"
+
     print(f"backend {args.backend}, supervision codec {args.supervision_codec}")
     print(
-        f"{n} images of {width}x{height} (downsample {args.downsample}), "
-        f"crops {crop_size} / {width} px, one process"
+        f"{n} images of {width}x{height} (W x H, downsample {args.downsample}) -> "
+        f"{summary.get('input_crops')} input crops of {crop_size} px and {summary.get('supervision_crops')} "
+        f"supervision crops of {width} px"
     )
-    print(f"{'':28}{'s':>8}{'img/s':>9}")
-    for name, seconds in [
-        ("floor: decode + resize", floor),
-        ("matte alone (or mask decode)", matte),
-        ("matting + crop stages", stages),
+    print(
+        f"one process, {args.threads} thread(s) for AVIF decoding and zarr's codec pool, best of "
+        f"{args.repeats}; CPU seconds of the process (img/s per core), wall seconds beside"
+    )
+    print(f"{'':30}{'CPU s':>8}{'ms/img':>9}{'img/s':>8}{'wall s':>9}")
+    for name, (cpu, wall) in [
+        ("floor: decode + resize", (floor_cpu, floor_wall)),
+        ("matting + crop stages", (stage_cpu, stage_wall)),
     ]:
-        print(f"{name:28}{seconds:8.2f}{n / seconds:9.1f}")
-    print(
-        f"stage overhead over the floor: {100 * (stages / floor - 1):.0f}% in all, "
-        f"{100 * ((stages - matte) / floor - 1):.0f}% without the matte compute itself"
-    )
-    print(
-        "(the stages decode each image twice, once to matte and once to crop; "
-        f"matte {np.round(matte / n * 1e3, 1)} ms/img)"
-    )
+        print(f"{name:30}{cpu:8.2f}{cpu / n * 1e3:9.1f}{n / cpu:8.1f}{wall:9.2f}")
+    print(f"stage overhead over the floor: {overhead(stage_cpu)} in all")
+    if matte:
+        print(f"  without the matte compute ({matte / n * 1e3:.1f} ms/img): {overhead(stage_cpu - matte)}")
+    for label, seconds in encodes.items():
+        if seconds:
+            print(
+                f"  without the {label[7:]} encode ({seconds / n * 1e3:.1f} ms/img): "
+                f"{overhead(stage_cpu - seconds)}"
+            )
+    if sum(encodes.values()) and (matte or all(encodes.values())):
+        print(
+            f"  without the matte compute and every codec encode: "
+            f"{overhead(stage_cpu - matte - sum(encodes.values()))}"
+        )
+    print("(components from the instrumented run, subtracted from the best run)")
+    print(f"\nbreakdown of the stages, instrumented run ({instrumented:.2f} CPU s), CPU ms per image:")
+    known = sum(parts.values())
+    rows = sorted(parts.items(), key=lambda item: -item[1])
+    rows.append(("other (Python, zip reads, buffers, small arrays)", instrumented - known))
+    for label, seconds in rows:
+        print(f"  {label:50}{seconds / n * 1e3:7.2f}{100 * seconds / instrumented:6.0f}%")
+    print(f"  {'floor, for comparison':50}{floor_cpu / n * 1e3:7.2f}")
 
 
 if __name__ == "__main__":

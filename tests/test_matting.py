@@ -17,7 +17,9 @@ from avat3r_core.matting import (
     mask_to_alpha,
     plate_difference_matte,
 )
+from avat3r_core.matting.composite import premultiply
 from avat3r_core.models.bgmv2 import write_random_checkpoint
+from avat3r_core.stages.matting import shipped_alpha
 
 
 def _iou(alpha: np.ndarray, truth: np.ndarray) -> float:
@@ -185,3 +187,23 @@ def test_bgmv2_backend_random_checkpoint(samples, tmp_path: Path) -> None:
 def test_bad_backend_or_option(backend: str, options: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make_matter(backend, options)
+
+
+def test_premultiply_is_the_float_composite_bit_for_bit() -> None:
+    """Every (value, alpha) pair: the integer composite the crop stage uses equals composite_on_black."""
+    levels = np.arange(256, dtype=np.uint8)
+    alpha, value = np.meshgrid(levels, levels, indexing="ij")
+    image = np.ascontiguousarray(np.stack([value, value[::-1], value.T], axis=-1))
+    expected = composite_on_black(image, alpha.astype(np.float32) / 255.0)
+    np.testing.assert_array_equal(premultiply(image, np.ascontiguousarray(alpha)), expected)
+    np.testing.assert_array_equal(premultiply(image[10:50, 3:90], alpha[10:50, 3:90]), expected[10:50, 3:90])
+    with pytest.raises(ValueError, match="alpha must be uint8"):
+        premultiply(image, alpha.astype(np.float32))
+
+
+def test_a_shipped_mask_is_stored_as_it_is() -> None:
+    levels = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(alpha_to_uint8(mask_to_alpha(levels)), levels)
+    assert shipped_alpha(levels) is levels
+    with pytest.raises(TypeError, match="uint8"):
+        shipped_alpha(levels.astype(np.int32))

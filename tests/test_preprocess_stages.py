@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ from avat3r_core.capture.ava256 import Ava256Capture
 from avat3r_core.errors import CaptureError
 from avat3r_core.geometry.crops import CropWindow, cut_crop
 from avat3r_core.matting.composite import composite_on_black
-from avat3r_core.stages.matting import run_matting
+from avat3r_core.stages.crop import run_crop
+from avat3r_core.stages.frames import select_frames
+from avat3r_core.stages.matting import needed_images, run_matting
 from avat3r_core.store.manifest import verify_store
 from avat3r_core.store.zarr_store import open_store
 from tests.helpers import STAGES, plan, rewrite_member
@@ -153,3 +156,75 @@ def test_missing_background_plate_is_a_clear_error(capture_copy, tmp_path) -> No
         str(caught.value) == f"subject {subject}, camera {camera}, file {archive}: missing background plate"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+class _CountingReader(Ava256Capture):
+    """Counts image decodes per (camera, frame)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.decoded: Counter[tuple[str, int]] = Counter()
+
+    def image(self, camera: str, frame: int) -> np.ndarray:
+        self.decoded[camera, frame] += 1
+        return super().image(camera, frame)
+
+
+def test_crop_decodes_each_image_once(stores, synthetic_capture, tmp_path) -> None:
+    reader = _CountingReader(synthetic_capture.root, stores["subject"])
+    index, views = stores["index"], stores["views"]
+    frames = select_frames(index.data, STAGES["frames"], seed=0)
+    counts = run_crop(
+        reader,
+        index,
+        frames,
+        views,
+        stores["out"] / "matting.zarr",
+        STAGES["crop"],
+        "src",
+        tmp_path / "crops.zarr",
+        progress=False,
+    )
+    assert reader.decoded and max(reader.decoded.values()) == 1
+    both = {(c, int(f)) for c, f in views["input_views"]} & {
+        (c, int(f)) for c in index.camera_ids for f in frames["supervision"]
+    }
+    assert both and both <= set(reader.decoded)  # images cropped for both sets were decoded once too
+    group = open_store(tmp_path / "crops.zarr")
+    assert counts["input_crops"] == int(group["input/valid"][...].sum()) > 0
+    for name in ("input/rgb", "supervision/alpha"):  # the same crops as the session's store
+        np.testing.assert_array_equal(group[name][...], open_store(stores["out"] / "crops.zarr")[name][...])
+
+
+def test_dataset_backend_leaves_blank_images_to_the_crop_stage(capture_copy, tmp_path, caplog) -> None:
+    """The dataset backend decodes masks only; the crop stage, which decodes the images, applies
+    matting.bad_image (skip and count, or error) from the matting store's config."""
+    subject = capture_copy.subjects[0]
+    reader, index, frames, views = plan(capture_copy.root, subject)
+    camera, frame = views["input_views"][0]
+    archive = reader.decoder / "image" / f"cam{camera}.zip"
+    rewrite_member(archive, f"cam{camera}/{frame:06d}.avif", _black_avif((*index.image_size, 3)))
+    for bad_image in ("skip", "error"):
+        reader = _CountingReader(capture_copy.root, subject)
+        cfg = dict(STAGES["matting"], backend="dataset", bad_image=bad_image)
+        out = tmp_path / bad_image
+        summary = run_matting(reader, index, frames, views, cfg, out / "matting.zarr", progress=False)
+        assert summary["blank"] is None and not reader.decoded  # no image decoded by the matting stage
+        assert summary["matted"] == sum(map(len, needed_images(index, frames, views).values()))
+        args = (reader, index, frames, views, out / "matting.zarr", STAGES["crop"], "src", out / "crops.zarr")
+        if bad_image == "error":
+            with pytest.raises(
+                CaptureError, match=f"subject {subject}, camera {camera}, frame {frame}: image is blank"
+            ):
+                run_crop(*args, progress=False)
+            assert not (out / "crops.zarr").exists()
+            continue
+        with caplog.at_level("WARNING"):
+            counts = run_crop(*args, progress=False)
+        assert counts["blank"] == 1
+        assert f"subject {subject}, camera {camera}, frame {frame}: blank image skipped" in caplog.text
+        group = open_store(out / "crops.zarr")
+        c = [str(x) for x in group["input/camera_ids"][...]].index(camera)
+        t = [int(x) for x in group["input/frames"][...]].index(frame)
+        assert not group["input/valid"][c, t] and not group["input/rgb"][c, t].any()
+        assert verify_store(out / "crops.zarr") == []

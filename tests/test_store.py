@@ -11,10 +11,11 @@ import pytest
 import zarr
 
 import avat3r_core
+from avat3r_core.cli import main
 from avat3r_core.errors import Avat3rError
 from avat3r_core.store.codecs import AVIF_CODEC_NAME, AvifCodec
-from avat3r_core.store.manifest import read_manifest, verify_store
-from avat3r_core.store.zarr_store import StoreError, open_store, store_attrs, write_store
+from avat3r_core.store.manifest import array_checksum, read_manifest, verify_store
+from avat3r_core.store.zarr_store import StoreError, open_store, read_block, store_attrs, write_store
 
 CONFIG = {"crop": {"input_size": 512, "supervision_size": 667}, "seed": 3}
 
@@ -343,3 +344,109 @@ def test_open_store_is_read_only(example_store: Path) -> None:
     group = open_store(example_store)
     with pytest.raises(Exception):  # noqa: B017 - zarr raises its own read-only error type
         group["valid"][0, 0] = False
+
+
+# -- whole-shard fast path and checksums taken while writing -----------------------------------------------
+def _write_mixed(path: Path, through_zarr: bool) -> dict[str, np.ndarray]:
+    """Arrays covering the fast path's cases: edge shards (10 timesteps in blocks of 4), empty chunks, a
+    two-axis morton order (shard_axes=0), -0.0, float16 and AVIF; written camera by camera and block by block
+    through `ImageArray` (fast path) or through zarr itself."""
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 255, (2, 10, 12, 9, 3), dtype=np.uint8)
+    u8[0, 3] = 0
+    u8[1, 4:8] = 0  # a whole empty shard: no file, as zarr does
+    f32 = rng.normal(size=(3, 5, 3, 6, 6)).astype(np.float32)
+    f32[0, 0] = 0
+    f32[1, 1] = -0.0  # not the fill value bit for bit: stored
+    data = {"u8": u8, "f32": f32, "avif": u8, "f16": f32.astype(np.float16)}
+    options = {"u8": {"images_per_shard": 4}, "f32": {"shard_axes": 0}, "avif": {"codec": "avif"}, "f16": {}}
+    options["avif"]["images_per_shard"] = 4
+    with write_store(path, stage="crop", subject="S001", config={}) as writer:
+        for name, values in data.items():
+            array = writer.create_images(name, values.shape, dtype=values.dtype, **options[name])
+            target = array.zarr_array if through_zarr else array
+            if name == "f32":
+                target[...] = values
+                continue
+            for c in range(values.shape[0]):
+                for t in range(0, values.shape[1], 4):
+                    target[c, t : t + 4] = values[c, t : t + 4]
+    return data
+
+
+def test_whole_shard_writes_are_byte_identical_to_zarr(tmp_path: Path) -> None:
+    data = _write_mixed(tmp_path / "fast.zarr", through_zarr=False)
+    _write_mixed(tmp_path / "zarr.zarr", through_zarr=True)
+    fast, slow = files_under(tmp_path / "fast.zarr"), files_under(tmp_path / "zarr.zarr")
+    assert [p.relative_to(tmp_path / "fast.zarr") for p in fast] == [
+        p.relative_to(tmp_path / "zarr.zarr") for p in slow
+    ]
+    for a, b in zip(fast, slow, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name  # manifest included: same checksums either way
+    assert not (tmp_path / "fast.zarr" / "u8" / "c.1.1.0.0.0").exists()
+    group = open_store(tmp_path / "fast.zarr")
+    for name in ("u8", "f32", "f16"):
+        assert group[name][...].tobytes() == data[name].tobytes()  # bit for bit, -0.0 included
+
+
+def test_read_block_matches_zarr_and_names_a_damaged_shard(tmp_path: Path) -> None:
+    data = _write_mixed(tmp_path / "s.zarr", through_zarr=False)
+    group = open_store(tmp_path / "s.zarr")
+    for key in [(1, slice(8, 10)), (0, slice(0, 4)), (1, slice(4, 8)), (0, 3), (1, slice(1, 3)), ...]:
+        np.testing.assert_array_equal(read_block(group["u8"], key), group["u8"][key])
+    np.testing.assert_array_equal(read_block(group["u8"], (0, slice(0, 4))), data["u8"][0, :4])
+    assert read_block(group["f32"]).tobytes() == data["f32"].tobytes()
+    np.testing.assert_array_equal(read_block(group["avif"], (1, slice(0, 4))), group["avif"][1, :4])
+    shard = tmp_path / "s.zarr" / "u8" / "c.0.0.0.0.0"
+    damaged = bytearray(shard.read_bytes())
+    damaged[len(damaged) // 3] ^= 0x10
+    shard.write_bytes(bytes(damaged))
+    with pytest.raises(StoreError, match=r"array 'u8'.*unreadable chunk at \[0, [0-3], 0, 0, 0\]") as caught:
+        read_block(group["u8"], (0, slice(0, 4)))
+    assert str(tmp_path / "s.zarr") in str(caught.value)
+
+
+def test_checksums_taken_while_writing_equal_a_re_read(tmp_path: Path) -> None:
+    images = image_stack(3, 4, 8, 8)
+    with write_store(tmp_path / "s.zarr", stage="crop", subject="S001", config={}) as writer:
+        writer.create_images("in_order", images.shape, images_per_shard=2)[1, 2:4] = images[1, 2:4]
+        backwards = writer.create_images("backwards", images.shape)
+        backwards[2] = images[2]
+        backwards[0] = images[0]  # out of C order: this array is read back at close instead
+        writer.create_images("stepped", images.shape)[::2] = images[::2]  # not a box: read back
+        writer.create_images("scalar", images.shape)[1] = 7
+        writer.create_images("partial", images.shape)[0, 1, 2:5] = images[0, 1, 2:5]  # partial shard: zarr
+        assert set(writer.checksums()) == {"in_order", "scalar", "partial"}
+    group = open_store(tmp_path / "s.zarr")
+    entries = read_manifest(tmp_path / "s.zarr")["arrays"]
+    for name, entry in entries.items():
+        assert entry["checksum"] == "decoded"
+        assert entry["sha256"] == array_checksum(group[name], name=name, path=tmp_path / "s.zarr"), name
+    np.testing.assert_array_equal(group["in_order"][1, 2:4], images[1, 2:4])
+    assert (group["scalar"][1] == 7).all() and not group["scalar"][0].any()
+    assert verify_store(tmp_path / "s.zarr") == []
+
+
+def test_avif_arrays_are_checked_by_their_stored_bytes(example_store: Path) -> None:
+    entry = read_manifest(example_store)["arrays"]["rgb_avif"]
+    assert entry["checksum"] == "stored" and len(entry["sha256"]) == 64
+    shard = example_store / "rgb_avif" / "c.1.0.0.0.0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # AVIF has no checksum: it may still decode, to other pixels
+    shard.write_bytes(bytes(data))
+    assert verify_store(example_store) == ["rgb_avif"]
+    assert main(["validate", str(example_store)]) == 1
+
+
+def test_format_1_manifests_still_verify(example_store: Path) -> None:
+    """Stores written before checksums were taken while writing: decoded checksums of every array."""
+    group = open_store(example_store)
+    manifest = read_manifest(example_store)
+    manifest["format"] = "avat3r-store-manifest/1"
+    for name, entry in manifest["arrays"].items():
+        del entry["checksum"]
+        entry["sha256"] = array_checksum(group[name], name=name, path=example_store)
+    (example_store / "manifest.json").write_text(json.dumps(manifest))
+    assert verify_store(example_store) == []
+    shutil.copyfile(example_store / "rgb_avif" / "c.0.0.0.0.0", example_store / "rgb_avif" / "c.2.0.0.0.0")
+    assert verify_store(example_store) == ["rgb_avif"]

@@ -10,11 +10,11 @@ STAGE_VERSIONS: dict[str, int] = {
     "capture_index": 2,
     "frames": 1,
     "views": 1,
-    "matting": 1,
-    "crop": 1,
-    "positions": 1,
-    "features": 1,
-    "shards": 1,
+    "matting": 2,  # 2: manifest format 2 (checksum kinds); dataset backend leaves blank images to crop
+    "crop": 2,  # 2: manifest format 2 (AVIF arrays checked by stored bytes); summary counts blank images
+    "positions": 2,  # 2: manifest format 2
+    "features": 2,  # 2: manifest format 2
+    "shards": 2,  # 2: manifest format 2
     "dataset_index": 1,
     "train": 1,
     "evaluate": 1,

@@ -7,6 +7,13 @@ the cameras move), and its window in image pixels. Input crops (512 px at the 4T
 are stored lossless; supervision crops (667 px, every camera at every supervision timestep, which would be
 ~0.5 TB per Ava-256 subject raw) are AVIF-coded inside the Zarr store (benchmarks/supervision_storage.py).
 Windows are centred on the projected head centre and padded with black where they leave the image.
+
+Cost: each image is decoded once per job. The stage walks the cameras, and for each camera the frames any
+crop set wants in time order, and cuts the input and the supervision crops from that one decode; the alpha
+comes from the matting store a whole shard at a time, the composite is computed in integers (bit-identical
+to the float composite, `premultiply`) and every block of crops is written as one shard. The matting
+stage's `dataset` backend does not decode images, so blank images (`matting.bad_image`, read from the
+matting store's config) are caught here: skipped and counted, or an error.
 """
 
 from __future__ import annotations
@@ -19,16 +26,18 @@ import numpy as np
 from tqdm import tqdm
 
 from avat3r_core.capture.base import CaptureReader, cached_mesh
+from avat3r_core.geometry.cameras import Camera
 from avat3r_core.geometry.crops import CropWindow, cut_crop, input_window, supervision_window
-from avat3r_core.matting.composite import alpha_to_uint8, composite_on_black
+from avat3r_core.matting.composite import alpha_to_uint8, composite_on_black, premultiply
 from avat3r_core.stages.index import CaptureIndex
-from avat3r_core.store.zarr_store import open_store, write_store
+from avat3r_core.stages.matting import blank_image_error, is_blank
+from avat3r_core.store.zarr_store import StoreWriter, open_store, read_block, write_store
 
 log = logging.getLogger(__name__)
 
 
 class _MattingStore:
-    """Alpha (and foreground) of one subject by (camera, frame), read one shard block at a time."""
+    """Alpha (and foreground) of one subject by (camera, frame); alpha is read a whole shard at a time."""
 
     def __init__(self, path: str | Path) -> None:
         group = open_store(path)
@@ -37,15 +46,28 @@ class _MattingStore:
         self.valid = group["valid"][...]
         self.camera = {str(c): i for i, c in enumerate(group["camera_ids"][...])}
         self.frame = {int(f): i for i, f in enumerate(group["frames"][...])}
+        self.bad_image = dict(group.attrs.get("config") or {}).get("bad_image", "skip")
+        shards = self.alpha.shards
+        self.block = int(shards[1]) if shards is not None else int(self.alpha.shape[1])
+        self._cached: tuple[tuple[int, int], np.ndarray] | None = None
 
     def has(self, camera: str, frame: int) -> bool:
         return frame in self.frame and bool(self.valid[self.camera[camera], self.frame[frame]])
 
-    def get(self, camera: str, frame: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def alpha_uint8(self, camera: str, frame: int) -> np.ndarray:
+        """The stored uint8 alpha (H, W); the shard holding it is read whole and kept for the next frames."""
         c, t = self.camera[camera], self.frame[frame]
-        alpha = self.alpha[c, t].astype(np.float32) / 255.0
-        fgr = self.foreground[c, t].astype(np.float32) / 255.0 if self.foreground is not None else None
-        return alpha, fgr
+        key = (c, t // self.block)
+        if self._cached is None or self._cached[0] != key:
+            start = key[1] * self.block
+            stop = min(start + self.block, self.alpha.shape[1])
+            self._cached = (key, read_block(self.alpha, (c, slice(start, stop))))
+        return self._cached[1][t - key[1] * self.block]
+
+    def foreground_float(self, camera: str, frame: int) -> np.ndarray | None:
+        if self.foreground is None:
+            return None
+        return self.foreground[self.camera[camera], self.frame[frame]].astype(np.float32) / 255.0
 
 
 def _window(kind: str, camera, index: CaptureIndex, cfg: dict[str, Any], vertices) -> CropWindow:
@@ -66,92 +88,170 @@ def _window(kind: str, camera, index: CaptureIndex, cfg: dict[str, Any], vertice
 
 def _cut(
     image: np.ndarray,
-    matte: np.ndarray,
+    alpha: np.ndarray,
     foreground: np.ndarray | None,
     window: CropWindow,
     cfg: dict[str, Any],
     composite: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Composite onto black inside the window only, then resample.
+    """Composite onto black inside the window only, then resample; `alpha` is the stored uint8 alpha.
 
-    The same pixels as compositing the whole image first (compositing is per pixel and the padding is black
-    with alpha 0), at a fraction of the cost.
+    The same pixels as compositing the whole image with the float alpha (alpha / 255) first: compositing is
+    per pixel, the padding is black with alpha 0, and `premultiply` is the float composite bit for bit.
     """
     exact = CropWindow(window.x0, window.y0, window.size, window.size)
-    fgr = cut_crop(foreground, exact) if foreground is not None else None
-    matte = cut_crop(matte, exact)
-    rgb = composite_on_black(cut_crop(image, exact), matte, fgr, mode=composite)
-    if window.resampled:
-        resize = CropWindow(0, 0, window.size, window.out_size)
-        rgb = cut_crop(rgb, resize, resample=cfg["resample"])
-        matte = cut_crop(matte, resize, resample=cfg["resample"])
-    return rgb, alpha_to_uint8(matte)
+    matte = cut_crop(alpha, exact)
+    if composite == "src":
+        rgb = premultiply(cut_crop(image, exact), matte)
+    else:
+        fgr = cut_crop(foreground, exact) if foreground is not None else None
+        rgb = composite_on_black(
+            cut_crop(image, exact), matte.astype(np.float32) / 255.0, fgr, mode=composite
+        )
+    if not window.resampled:
+        return rgb, matte
+    resize = CropWindow(0, 0, window.size, window.out_size)
+    rgb = cut_crop(rgb, resize, resample=cfg["resample"])
+    return rgb, alpha_to_uint8(cut_crop(matte.astype(np.float32) / 255.0, resize, resample=cfg["resample"]))
 
 
-def _write_set(
-    store,
-    kind: str,
-    reader: CaptureReader,
-    index: CaptureIndex,
-    matting: _MattingStore,
-    cameras: list[str],
-    frames: list[int],
-    wanted: set[tuple[str, int]],
+def _cut_into(
+    rgb_out: np.ndarray,
+    alpha_out: np.ndarray,
+    image: np.ndarray,
+    alpha: np.ndarray,
+    foreground: np.ndarray | None,
+    window: CropWindow,
     cfg: dict[str, Any],
     composite: str,
-    bar: tqdm,
-) -> int:
-    """Crop every wanted (camera, frame) of one set ('input' or 'supervision') into `{kind}/...` arrays."""
-    size = cfg["input_size"] if kind == "input" else cfg["supervision_size"]
-    codec = "zstd" if kind == "input" else cfg["supervision_codec"]
-    n_c, n_t = len(cameras), len(frames)
-    block = cfg["images_per_shard"]
-    rgb = store.create_images(
-        f"{kind}/rgb",
-        (n_c, n_t, size, size, 3),
-        codec=codec,
-        quality=cfg["supervision_quality"],
-        images_per_shard=block,
-    )
-    alpha = store.create_images(f"{kind}/alpha", (n_c, n_t, size, size), images_per_shard=block)
-    K = np.zeros((n_c, n_t, 3, 3))
-    w2c = np.zeros((n_c, n_t, 4, 4))
-    windows = np.zeros((n_c, n_t, 4), dtype=np.int64)
-    valid = np.zeros((n_c, n_t), dtype=bool)
-    meshes: dict[int, np.ndarray] = {}
-    for c, camera in enumerate(cameras):
-        for start in range(0, n_t, block):
-            span = frames[start : start + block]
-            rgbs = np.zeros((len(span), size, size, 3), dtype=np.uint8)
-            alphas = np.zeros((len(span), size, size), dtype=np.uint8)
-            for i, frame in enumerate(span):
-                t = start + i
-                if (camera, frame) not in wanted:
-                    continue
-                bar.update(1)
-                if not matting.has(camera, frame):
-                    continue  # blank or missing mask: counted by the matting stage
-                head_camera = index.head_centric(camera, frame)
-                vertices = None
-                if kind == "input" and cfg["input_fit"] == "head_extent":
-                    vertices = cached_mesh(reader, meshes, frame)
-                window = _window(kind, head_camera, index, cfg, vertices)
-                rgbs[i], alphas[i] = _cut(
-                    reader.image(camera, frame), *matting.get(camera, frame), window, cfg, composite
-                )
-                crop_camera = window.camera(head_camera)
-                K[c, t], w2c[c, t] = crop_camera.K, crop_camera.w2c
-                windows[c, t] = (window.x0, window.y0, window.size, window.out_size)
-                valid[c, t] = True
-            rgb[c, start : start + len(span)] = rgbs
-            alpha[c, start : start + len(span)] = alphas
-    store.write_array(f"{kind}/K", K)
-    store.write_array(f"{kind}/w2c_head", w2c)
-    store.write_array(f"{kind}/window", windows, attrs={"columns": ["x0", "y0", "size", "out_size"]})
-    store.write_array(f"{kind}/valid", valid)
-    store.write_array(f"{kind}/camera_ids", np.asarray(cameras))
-    store.write_array(f"{kind}/frames", np.asarray(frames, dtype=np.int64))
-    return int(valid.sum())
+) -> None:
+    """`_cut` written into zeroed output slots. Without resampling and with composite "src", only the
+    bounding box of the window's non-zero alpha is composited and copied: outside it alpha is 0, so the
+    crop is black there whatever the image holds, which the zeroed slots already are (same pixels as
+    `_cut`; a third to a half of a crop is background)."""
+    if window.resampled or composite != "src":
+        rgb_out[...], alpha_out[...] = _cut(image, alpha, foreground, window, cfg, composite)
+        return
+    height, width = alpha.shape
+    y0, x0 = max(window.y0, 0), max(window.x0, 0)
+    y1, x1 = min(window.y0 + window.size, height), min(window.x0 + window.size, width)
+    if y1 <= y0 or x1 <= x0:
+        return  # the window misses the image: all black
+    matte = alpha[y0:y1, x0:x1]
+    rows = np.flatnonzero(matte.any(axis=1))
+    if rows.size == 0:
+        return
+    cols = np.flatnonzero(matte.any(axis=0))
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    box = matte[r0:r1, c0:c1]
+    top, left = y0 - window.y0 + r0, x0 - window.x0 + c0
+    target = (slice(top, top + r1 - r0), slice(left, left + c1 - c0))
+    alpha_out[target] = box
+    rgb_out[target] = premultiply(image[y0 + r0 : y0 + r1, x0 + c0 : x0 + c1], box)
+
+
+class _CropSet:
+    """One set of crops ('input' or 'supervision') being written into `{kind}/...` arrays.
+
+    Crops arrive camera by camera and, within a camera, in time order; a block of `images_per_shard`
+    timesteps is written as one shard as soon as its last wanted crop is done, so memory holds about one
+    block per set and the shards are written in C order (hashed for the manifest as they are written).
+    """
+
+    def __init__(
+        self,
+        store: StoreWriter,
+        kind: str,
+        cameras: list[str],
+        frames: list[int],
+        wanted: set[tuple[str, int]],
+        cfg: dict[str, Any],
+    ) -> None:
+        self.kind, self.cameras, self.frames, self.wanted = kind, cameras, frames, wanted
+        self.size = cfg["input_size"] if kind == "input" else cfg["supervision_size"]
+        self.block = cfg["images_per_shard"]
+        self.camera_index = {camera: c for c, camera in enumerate(cameras)}
+        n_c, n_t = len(cameras), len(frames)
+        self.rgb = store.create_images(
+            f"{kind}/rgb",
+            (n_c, n_t, self.size, self.size, 3),
+            codec="zstd" if kind == "input" else cfg["supervision_codec"],
+            quality=cfg["supervision_quality"],
+            images_per_shard=self.block,
+        )
+        self.alpha = store.create_images(
+            f"{kind}/alpha", (n_c, n_t, self.size, self.size), images_per_shard=self.block
+        )
+        self.K = np.zeros((n_c, n_t, 3, 3))
+        self.w2c = np.zeros((n_c, n_t, 4, 4))
+        self.windows = np.zeros((n_c, n_t, 4), dtype=np.int64)
+        self.valid = np.zeros((n_c, n_t), dtype=bool)
+        self._camera = -1
+        self._pending: dict[int, int] = {}  # block -> wanted crops not done yet (current camera)
+        self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # block -> (rgbs, alphas) being filled
+        self._spare: list[
+            tuple[np.ndarray, np.ndarray]
+        ] = []  # written blocks' buffers, reused (no page faults)
+
+    def begin_camera(self, camera: str) -> list[tuple[int, int]]:
+        """(frame, column) of every crop this set wants from `camera`."""
+        assert not self._pending, "the previous camera's blocks were not all written"
+        if camera not in self.camera_index:
+            return []
+        self._camera = self.camera_index[camera]
+        jobs = [(f, t) for t, f in enumerate(self.frames) if (camera, f) in self.wanted]
+        for _, t in jobs:
+            self._pending[t // self.block] = self._pending.get(t // self.block, 0) + 1
+        return jobs
+
+    def slots(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """The zeroed (rgb, alpha) buffers of column `t` of the current camera, to cut a crop into."""
+        b = t // self.block
+        if b not in self._buffers:
+            span = min(self.block, len(self.frames) - b * self.block)
+            shape = (span, self.size, self.size)
+            spare = next((i for i, (_, a) in enumerate(self._spare) if a.shape == shape), None)
+            if spare is None:
+                buffers = (np.zeros((*shape, 3), dtype=np.uint8), np.zeros(shape, dtype=np.uint8))
+            else:
+                buffers = self._spare.pop(spare)
+                for buffer in buffers:
+                    buffer.fill(0)
+            self._buffers[b] = buffers
+        rgbs, alphas = self._buffers[b]
+        return rgbs[t - b * self.block], alphas[t - b * self.block]
+
+    def put(self, t: int, camera: Camera, window: CropWindow) -> None:
+        """The crop of column `t` is in its slots: record its camera and window."""
+        c = self._camera
+        self.K[c, t], self.w2c[c, t] = camera.K, camera.w2c
+        self.windows[c, t] = (window.x0, window.y0, window.size, window.out_size)
+        self.valid[c, t] = True
+        self.done(t)
+
+    def done(self, t: int) -> None:
+        """One wanted crop is finished (put, or skipped: no valid matte or a blank image)."""
+        b = t // self.block
+        self._pending[b] -= 1
+        if self._pending[b]:
+            return
+        del self._pending[b]
+        buffers = self._buffers.pop(b, None)
+        if buffers is not None:  # a block without a valid crop stays unwritten: zeros, like the fill value
+            start = b * self.block
+            self.rgb[self._camera, start : start + len(buffers[0])] = buffers[0]
+            self.alpha[self._camera, start : start + len(buffers[1])] = buffers[1]
+            self._spare.append(buffers)
+
+    def write_small(self, store: StoreWriter) -> int:
+        kind = self.kind
+        store.write_array(f"{kind}/K", self.K)
+        store.write_array(f"{kind}/w2c_head", self.w2c)
+        store.write_array(f"{kind}/window", self.windows, attrs={"columns": ["x0", "y0", "size", "out_size"]})
+        store.write_array(f"{kind}/valid", self.valid)
+        store.write_array(f"{kind}/camera_ids", np.asarray(self.cameras))
+        store.write_array(f"{kind}/frames", np.asarray(self.frames, dtype=np.int64))
+        return int(self.valid.sum())
 
 
 def run_crop(
@@ -176,40 +276,54 @@ def run_crop(
     bar = tqdm(
         total=len(input_wanted) + len(sup_wanted), desc=f"{subject} crops", unit="img", disable=not progress
     )
+    blank = 0
+    meshes: dict[int, np.ndarray] = {}
     with write_store(
         out, stage="crop", subject=subject, config=cfg, extra_attrs={"composite": composite}
     ) as store:
-        n_input = _write_set(
-            store,
-            "input",
-            reader,
-            index,
-            matting,
-            input_cameras,
-            input_frames,
-            input_wanted,
-            cfg,
-            composite,
-            bar,
-        )
-        n_sup = _write_set(
-            store,
-            "supervision",
-            reader,
-            index,
-            matting,
-            index.camera_ids,
-            sup_frames,
-            sup_wanted,
-            cfg,
-            composite,
-            bar,
-        )
-        counts = {"input_crops": n_input, "supervision_crops": n_sup}
+        sets = [
+            _CropSet(store, "input", input_cameras, input_frames, input_wanted, cfg),
+            _CropSet(store, "supervision", index.camera_ids, sup_frames, sup_wanted, cfg),
+        ]
+        cameras = list(index.camera_ids) + [c for c in input_cameras if c not in set(index.camera_ids)]
+        for camera in cameras:
+            jobs: dict[int, list[tuple[_CropSet, int]]] = {}
+            for crop_set in sets:
+                for frame, t in crop_set.begin_camera(camera):
+                    jobs.setdefault(frame, []).append((crop_set, t))
+            for frame in sorted(jobs):
+                crops = jobs[frame]
+                bar.update(len(crops))
+                image = reader.image(camera, frame) if matting.has(camera, frame) else None
+                if image is not None and is_blank(image):
+                    if matting.bad_image == "error":
+                        raise blank_image_error(subject, camera, frame)
+                    log.warning(
+                        "subject %s, camera %s, frame %d: blank image skipped", subject, camera, frame
+                    )
+                    blank += 1
+                    image = None
+                if image is None:  # no valid matte (blank or no mask: counted by the matting stage) or blank
+                    for crop_set, t in crops:
+                        crop_set.done(t)
+                    continue
+                alpha = matting.alpha_uint8(camera, frame)
+                foreground = matting.foreground_float(camera, frame) if composite == "fgr" else None
+                head_camera = index.head_centric(camera, frame)
+                for crop_set, t in crops:
+                    vertices = None
+                    if crop_set.kind == "input" and cfg["input_fit"] == "head_extent":
+                        vertices = cached_mesh(reader, meshes, frame)
+                    window = _window(crop_set.kind, head_camera, index, cfg, vertices)
+                    _cut_into(*crop_set.slots(t), image, alpha, foreground, window, cfg, composite)
+                    crop_set.put(t, window.camera(head_camera), window)
+        n_input, n_sup = (crop_set.write_small(store) for crop_set in sets)
+        counts = {"input_crops": n_input, "supervision_crops": n_sup, "blank": blank}
         store.set_attrs(summary=counts)
     bar.close()
     log.info(
-        "subject %s: %d input crops (%d px, %s window) and %d supervision crops (%d px, %s); background: %s",
+        "subject %s: %d input crops (%d px, %s window) and %d supervision crops (%d px, %s); "
+        "background: %s%s",
         subject,
         n_input,
         cfg["input_size"],
@@ -218,5 +332,6 @@ def run_crop(
         cfg["supervision_size"],
         cfg["supervision_codec"],
         "image * alpha" if composite == "src" else "fgr * alpha",
+        f"; {blank} blank images skipped" if blank else "",
     )
     return counts

@@ -6,6 +6,12 @@ sharded per camera (in blocks of `images_per_shard` timesteps so memory stays bo
 Backends: `plate_difference` (classical, no weights), `bgmv2` (BackgroundMattingV2 checkpoint), `dataset`
 (the masks the capture ships). With `composite: fgr` the BGMv2 foreground is stored too, because the crop
 stage then composites `fgr * alpha` instead of `image * alpha`.
+
+The `dataset` backend decodes masks only, never the images: the shipped 8-bit mask is the stored alpha
+exactly (`mask_to_alpha` then `alpha_to_uint8` is the identity on uint8), and decoding every image only to
+find the blank ones (`bad_image`) would cost more than the whole stage (an image decode is ~3.5x a mask
+decode). The crop stage, which decodes each image anyway, applies `matting.bad_image` to those images (it
+reads this store's config); this stage then reports `blank` as None.
 """
 
 from __future__ import annotations
@@ -29,6 +35,24 @@ log = logging.getLogger(__name__)
 BLANK_LEVEL = (
     8  # an image whose brightest pixel is this dark is treated as blank (dead camera, dropped frame)
 )
+
+
+def is_blank(image: np.ndarray) -> bool:
+    """A dead camera or dropped frame: no pixel brighter than BLANK_LEVEL."""
+    return int(image.max(initial=0)) <= BLANK_LEVEL
+
+
+def blank_image_error(subject: str, camera: str, frame: int) -> CaptureError:
+    message = "image is blank (all black; config matting.bad_image=error)"
+    return CaptureError(message, subject=subject, camera=camera, frame=frame)
+
+
+def shipped_alpha(mask: np.ndarray) -> np.ndarray:
+    """The stored uint8 alpha of a capture-shipped mask: ``alpha_to_uint8(mask_to_alpha(mask))``, which is the
+    mask itself (checked for all 256 values by the tests), without the two float passes."""
+    if mask.dtype != np.uint8:
+        return alpha_to_uint8(mask_to_alpha(mask))  # raises the TypeError mask_to_alpha gives
+    return mask
 
 
 def needed_images(index: CaptureIndex, frames: dict[str, Any], views: dict[str, Any]) -> dict[str, list[int]]:
@@ -88,7 +112,8 @@ def run_matting(
     height, width = index.image_size
     block = cfg["images_per_shard"]
     truth = _groundtruth_alpha(groundtruth, subject)
-    counts = {"matted": 0, "blank": 0, "missing_mask": 0}
+    # blank: None with the dataset backend, whose images the crop stage checks (module docstring)
+    counts: dict[str, Any] = {"matted": 0, "blank": 0 if matter is not None else None, "missing_mask": 0}
     ious: list[float] = []
     random_weights = "RANDOM WEIGHTS" in description
 
@@ -118,25 +143,9 @@ def run_matting(
                 )
                 images, slots = [], []
                 for frame in todo:
-                    image = reader.image(camera, frame)
-                    if image.max() <= BLANK_LEVEL:
-                        if cfg["bad_image"] == "error":
-                            raise CaptureError(
-                                "image is blank (all black; config matting.bad_image=error)",
-                                subject=subject,
-                                camera=camera,
-                                frame=frame,
-                            )
-                        log.warning(
-                            "subject %s, camera %s, frame %d: blank image skipped", subject, camera, frame
-                        )
-                        counts["blank"] += 1
-                        continue
-                    if matter is None:
+                    if matter is None:  # the shipped mask is the alpha; the crop stage checks the image
                         try:
-                            alphas[column[frame] - start] = alpha_to_uint8(
-                                mask_to_alpha(reader.mask(camera, frame))
-                            )
+                            alphas[column[frame] - start] = shipped_alpha(reader.mask(camera, frame))
                         except MissingImageError:
                             log.warning(
                                 "subject %s, camera %s, frame %d: no mask shipped, skipped",
@@ -147,9 +156,18 @@ def run_matting(
                             counts["missing_mask"] += 1
                             continue
                         valid[c, column[frame]] = True
-                    else:
-                        images.append(image)
-                        slots.append(frame)
+                        continue
+                    image = reader.image(camera, frame)
+                    if is_blank(image):
+                        if cfg["bad_image"] == "error":
+                            raise blank_image_error(subject, camera, frame)
+                        log.warning(
+                            "subject %s, camera %s, frame %d: blank image skipped", subject, camera, frame
+                        )
+                        counts["blank"] += 1
+                        continue
+                    images.append(image)
+                    slots.append(frame)
                 if images:
                     alpha, fgr = matter(np.stack(images), plate)
                     for i, frame in enumerate(slots):
@@ -178,11 +196,13 @@ def run_matting(
         }
         store.set_attrs(summary=summary, random_weights=random_weights)
     log.info(
-        "subject %s: %d images matted over %d cameras, %d blank skipped, %d without a shipped mask%s",
+        "subject %s: %d images matted over %d cameras, %s, %d without a shipped mask%s",
         subject,
         counts["matted"],
         len(camera_ids),
-        counts["blank"],
+        "blank images left to the crop stage"
+        if counts["blank"] is None
+        else f"{counts['blank']} blank skipped",
         counts["missing_mask"],
         f"; IoU vs ground truth mean {summary['iou_mean']:.4f}, min {summary['iou_min']:.4f}" if ious else "",
     )

@@ -1,11 +1,20 @@
 """The manifest inside every store: what arrays it holds, how they are stored, and checksums of their content.
 
 Why: a store copied between clusters, half-synced, or hit by a bad disk must be detectable without trusting
-file sizes or times (Snakemake's `.snakemake_timestamp` only records the folder's mtime). The checksum is a
-sha256 over the DECODED array bytes in C order (little-endian, fixed-width unicode as UTF-32), so it does not
-depend on the codec, the chunking or the encoder build: re-encoding a store with another codec or another
-libaom keeps the checksum of lossless arrays, and a reader can verify what it actually decodes. It is computed
-a block of whole trailing axes at a time, so memory stays bounded whatever the array size.
+file sizes or times (Snakemake's `.snakemake_timestamp` only records the folder's mtime). Two kinds of
+checksum, named in each entry's "checksum" field:
+
+- "decoded" (every lossless array): a sha256 over the DECODED array bytes in C order (little-endian,
+  fixed-width unicode as UTF-32), so it does not depend on the codec or the chunking: re-encoding a store with
+  another codec or zstd level keeps it, and a reader can verify what it actually decodes. The writer hashes
+  the data as it writes it (`zarr_store.ContentHash`), so closing a store does not decode it again; arrays it
+  could not follow are read back here, a block of whole trailing axes at a time (bounded memory).
+- "stored" (lossy arrays, i.e. AVIF): a sha256 over the array's stored chunk and shard files (name, length,
+  bytes, in name order). Their decoded pixels are not known without decoding every image again (~7 ms per
+  667 px crop), and they depend on the encoder build as much as the stored bytes do. A flipped byte, a lost
+  or swapped shard changes it; `verify_store` re-hashes the files (no decoding).
+
+Format 1 manifests (decoded checksums only, no "checksum" field) are still read and verified.
 
 Files that are not Zarr nodes (Snakemake's `.snakemake_timestamp`, the manifest itself, editor backups) are
 ignored: only folders holding a zarr.json are arrays or groups.
@@ -24,10 +33,13 @@ import numpy as np
 import zarr
 
 from .atomic import write_json_atomic
-from .codecs import codec_names
-from .zarr_store import MANIFEST_NAME, StoreError, open_group_checked
+from .codecs import AVIF_CODEC_NAME, codec_names
+from .zarr_store import MANIFEST_NAME, StoreError, canonical, open_group_checked
 
-MANIFEST_FORMAT = "avat3r-store-manifest/1"
+MANIFEST_FORMAT = "avat3r-store-manifest/2"
+READABLE_FORMATS = ("avat3r-store-manifest/1", MANIFEST_FORMAT)
+LOSSY_CODECS = (AVIF_CODEC_NAME,)
+"""Arrays with one of these codecs anywhere in their pipeline get a "stored" checksum (module docstring)."""
 
 BLOCK_BYTES = 64 * 2**20
 """Largest decoded block read at once while checksumming (one image, one camera's images, a whole array)."""
@@ -76,14 +88,6 @@ def _arrays(group: zarr.Group, root: str | Path) -> dict[str, zarr.Array]:
     return arrays
 
 
-def _canonical(block: np.ndarray) -> np.ndarray:
-    """C-contiguous little-endian copy (a view when already so), so checksums do not depend on the host."""
-    dtype = block.dtype
-    if dtype.byteorder not in ("|", "<") and not (dtype.byteorder == "=" and np.little_endian):
-        dtype = dtype.newbyteorder("<")
-    return np.ascontiguousarray(block, dtype=dtype)
-
-
 def _leading_axes_per_block(shape: tuple[int, ...], itemsize: int) -> int:
     """Fewest leading axes to iterate over so that one block (all remaining axes) is <= BLOCK_BYTES."""
     for k in range(len(shape) + 1):
@@ -124,38 +128,81 @@ def array_checksum(array: zarr.Array, *, name: str, path: str | Path) -> str:
             raise StoreError(
                 f"unreadable chunk at {origin}: {type(error).__name__}: {error}", path=path, array=name
             ) from None
-        digest.update(_canonical(block).tobytes())
+        digest.update(canonical(block).tobytes())
     return digest.hexdigest()
 
 
-def describe_array(array: zarr.Array, *, name: str, path: str | Path) -> dict[str, Any]:
-    """Manifest entry: shape, dtype, chunk and shard shape, codec names and content checksum."""
+def stored_checksum(root: str | Path, name: str) -> str:
+    """sha256 over the stored chunk and shard files of array `name` (not its zarr.json): for each file in
+    name order its path inside the array folder, its length and its bytes."""
+    folder = Path(root) / name
+    digest = hashlib.sha256()
+    files = sorted(
+        (p.relative_to(folder).as_posix(), p)
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != "zarr.json" and not p.name.startswith(".")
+    )
+    for relative, file in files:
+        data = file.read_bytes()
+        digest.update(relative.encode() + b"\0" + len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def checksum_kind(array: zarr.Array) -> str:
+    """The checksum kind of an array: "stored" with a lossy codec, else "decoded" (module docstring)."""
+    names = ",".join(codec_names(array.metadata.codecs))
+    return "stored" if any(codec in names for codec in LOSSY_CODECS) else "decoded"
+
+
+def describe_array(
+    array: zarr.Array, *, name: str, path: str | Path, known: str | None = None
+) -> dict[str, Any]:
+    """Manifest entry: shape, dtype, chunk and shard shape, codec names, checksum kind and checksum.
+
+    `known` is the decoded checksum the writer took while writing, if any (used for "decoded" arrays only).
+    """
     metadata = array.metadata
+    kind = checksum_kind(array)
+    if kind == "stored":
+        digest = stored_checksum(path, name)
+    else:
+        digest = known or array_checksum(array, name=name, path=path)
     return {
         "shape": list(array.shape),
         "dtype": str(array.dtype),
         "chunks": list(array.chunks),
         "shards": list(array.shards) if array.shards is not None else None,
         "codecs": codec_names(metadata.codecs),
-        "sha256": array_checksum(array, name=name, path=path),
+        "checksum": kind,
+        "sha256": digest,
     }
 
 
-def build_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of the store at `path` (complete or being written), as a JSON-ready dict."""
+def build_manifest(path: str | Path, checksums: dict[str, str] | None = None) -> dict[str, Any]:
+    """The manifest of the store at `path` (complete or being written), as a JSON-ready dict.
+
+    `checksums`: decoded checksums already known (taken by the writer), by array name; the others are
+    computed here.
+    """
     group = open_group_checked(path, require_manifest=False)
     arrays = _arrays(group, path)
+    known = checksums or {}
     return {
         "format": MANIFEST_FORMAT,
-        "arrays": {name: describe_array(arrays[name], name=name, path=path) for name in sorted(arrays)},
+        "arrays": {
+            name: describe_array(arrays[name], name=name, path=path, known=known.get(name))
+            for name in sorted(arrays)
+        },
     }
 
 
-def write_manifest(group_path: str | Path) -> Path:
+def write_manifest(group_path: str | Path, checksums: dict[str, str] | None = None) -> Path:
     """Write ``manifest.json`` inside the store (atomically, sorted keys, so identical stores give identical
-    manifests). `write_store` calls it last, before the store is renamed into place.
+    manifests). `write_store` calls it last, before the store is renamed into place, with the checksums its
+    writer took while writing.
     """
-    manifest = build_manifest(group_path)
+    manifest = build_manifest(group_path, checksums)
     target = Path(group_path) / MANIFEST_NAME
     write_json_atomic(target, manifest)
     return target
@@ -170,7 +217,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise StoreError(f"no {MANIFEST_NAME}: incomplete store", path=path) from None
     except (OSError, ValueError) as exc:
         raise StoreError(f"unreadable {MANIFEST_NAME}: {exc}", path=path) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS:
         raise StoreError(f"{MANIFEST_NAME} is not a {MANIFEST_FORMAT} manifest", path=path)
     if not isinstance(manifest.get("arrays"), dict):
         raise StoreError(f"{MANIFEST_NAME} has no 'arrays' table", path=path)
@@ -182,8 +229,9 @@ def verify_store(path: str | Path) -> list[str]:
 
     Returns the sorted names of arrays that are missing, have another shape or dtype or checksum, or are
     present but not in the manifest (a store must be exactly what its manifest says). An empty list means the
-    store is intact. Raises StoreError naming the array when a chunk cannot be decoded at all (e.g. a flipped
-    byte inside a zstd frame), and naming the path when the store or its manifest is missing.
+    store is intact. Raises StoreError naming the array when a chunk of a "decoded" array cannot be decoded at
+    all (e.g. a flipped byte inside a zstd frame), and naming the path when the store or its manifest is
+    missing. "stored" arrays are checked by re-hashing their files: any changed byte names the array.
     """
     group = open_group_checked(path)
     expected = read_manifest(path)["arrays"]
@@ -197,6 +245,10 @@ def verify_store(path: str | Path) -> list[str]:
         if list(array.shape) != entry.get("shape") or str(array.dtype) != entry.get("dtype"):
             bad.add(name)
             continue
-        if array_checksum(array, name=name, path=path) != entry.get("sha256"):
+        if entry.get("checksum", "decoded") == "stored":
+            digest = stored_checksum(path, name)
+        else:
+            digest = array_checksum(array, name=name, path=path)
+        if digest != entry.get("sha256"):
             bad.add(name)
     return sorted(bad)

@@ -18,20 +18,36 @@ images' encoded bytes; it does not re-encode them). Writing one full shard per a
 images_of_that_camera``) is one write; writing image by image is correct but costs O(shard size) I/O per
 image. For shards too large to hold in memory (Ava-256: thousands of timesteps per camera) pass
 `images_per_shard` to split the next axis into blocks and write a block at a time.
+
+An assignment that covers whole shards is encoded here, in the calling thread, into exactly the shard file
+zarr would write (same inner codecs, chunks in zarr's morton order, empty chunks left out, the index and its
+crc32c at the end; tests compare the bytes with zarr's own): zarr's generic path costs about as much again as
+the zstd encode itself (a fill-value comparison of every chunk, copies, an event-loop round trip per chunk).
+`read_block` is the matching fast read of whole shards. Anything else goes through zarr unchanged.
+
+Checksums for the manifest are taken from the data as it is written (see `ContentHash`), so closing a store
+does not read and decode it again; arrays written out of order fall back to re-reading at close.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
+from numcodecs import Zstd
+from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+from zarr.core.indexing import morton_order_iter
 from zarr.errors import UnstableSpecificationWarning
 from zarr.storage import LocalStore
 
@@ -39,7 +55,7 @@ import avat3r_core
 from avat3r_core.errors import Avat3rError
 
 from .atomic import atomic_path
-from .codecs import image_codecs, zstd_codecs
+from .codecs import AvifCodec, image_codecs, zstd_codecs
 
 MANIFEST_NAME = "manifest.json"
 """Written inside the store, last, by `write_store`; its presence marks a complete store."""
@@ -91,6 +107,388 @@ def _fill_value(dtype: np.dtype) -> Any:
     return np.zeros((), dtype=dtype)[()]
 
 
+def canonical(block: np.ndarray) -> np.ndarray:
+    """C-contiguous little-endian copy (a view when already so), so checksums do not depend on the host."""
+    dtype = block.dtype
+    if dtype.byteorder not in ("|", "<") and not (dtype.byteorder == "=" and np.little_endian):
+        dtype = dtype.newbyteorder("<")
+    return np.ascontiguousarray(block, dtype=dtype)
+
+
+def content_bytes(block: np.ndarray) -> np.ndarray:
+    """The bytes the manifest checksum covers: `canonical` viewed as flat uint8 (no copy when canonical)."""
+    return canonical(block).reshape(-1).view(np.uint8)
+
+
+def _c_order_offset(starts: tuple[int, ...], extent: tuple[int, ...], shape: tuple[int, ...]) -> int | None:
+    """Flat C-order index of the box's first element if the box is one contiguous run of the array, else None.
+
+    Contiguous: every axis before the first one longer than 1 has extent 1 and every axis after it is
+    complete, e.g. ``[camera, t0:t1]`` of a (camera, timestep, H, W) array.
+    """
+    first = next((axis for axis, n in enumerate(extent) if n != 1), len(extent))
+    if any(extent[axis] != shape[axis] for axis in range(first + 1, len(shape))):
+        return None
+    offset = 0
+    for start, n in zip(starts, shape, strict=True):
+        offset = offset * n + start
+    return offset
+
+
+class ContentHash:
+    """sha256 of an array's decoded content in C order, fed with the blocks as they are written.
+
+    It equals what `manifest.array_checksum` computes by reading the array back, without the read: blocks
+    arriving in C order (``array[camera, t0:t1] = ...`` camera by camera, block after block) are hashed as
+    they are, and what is never written is the fill value, zero, hashed as zero bytes. A block that overlaps
+    or precedes what is already hashed, or a write that is not a box, makes the hash unusable (`hexdigest`
+    returns None) and the manifest reads that array back instead. Only writes through the `ImageArray` that
+    `StoreWriter.create_images` returns are seen.
+    """
+
+    _ZEROS = memoryview(bytes(1 << 20))
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.itemsize = np.dtype(dtype).itemsize
+        self._digest = hashlib.sha256()
+        self._position = 0  # elements hashed so far, in C order
+        self._usable = True
+        self._final: str | None = None
+
+    def invalidate(self) -> None:
+        self._usable = False
+
+    def add(self, starts: tuple[int, ...], block: np.ndarray) -> None:
+        """Hash `block`, the content of the box that starts at index `starts` and has the block's shape."""
+        offset = _c_order_offset(tuple(starts), block.shape, self.shape)
+        if not self._usable or self._final is not None or offset is None or offset < self._position:
+            self._usable = False
+            return
+        self._zeros(offset - self._position)
+        self._digest.update(content_bytes(block))
+        self._position = offset + block.size
+
+    def _zeros(self, count: int) -> None:
+        remaining = count * self.itemsize
+        while remaining > 0:
+            step = min(remaining, len(self._ZEROS))
+            self._digest.update(self._ZEROS[:step])
+            remaining -= step
+
+    def hexdigest(self) -> str | None:
+        """The checksum (the rest of the array, never written, counts as zeros), or None if unusable."""
+        if not self._usable:
+            return None
+        if self._final is None:
+            self._zeros(math.prod(self.shape) - self._position)
+            self._final = self._digest.hexdigest()
+        return self._final
+
+
+# -- whole-shard writes and reads ---------------------------------------------------------------------------
+_MAX_UINT64 = np.uint64(2**64 - 1)
+_INDEX_CODECS = [BytesCodec(endian="little").to_dict(), Crc32cCodec().to_dict()]
+
+
+def _box(key: Any, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+    """(start, extent, result shape) of a basic selection of integers and unit-step slices (one Ellipsis
+    allowed), or None for anything else (fancy or boolean indexing, steps, out-of-range integers)."""
+    key = key if isinstance(key, tuple) else (key,)
+    ellipses = [i for i, k in enumerate(key) if k is Ellipsis]
+    if len(ellipses) > 1:
+        return None
+    if ellipses:
+        i = ellipses[0]
+        key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1 :]
+    if len(key) > len(shape):
+        return None
+    key = key + (slice(None),) * (len(shape) - len(key))
+    starts, extent, result = [], [], []
+    for k, n in zip(key, shape, strict=True):
+        if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
+            k = int(k) + n if int(k) < 0 else int(k)
+            if not 0 <= k < n:
+                return None
+            starts.append(k)
+            extent.append(1)
+        elif isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            if step != 1:
+                return None
+            starts.append(start)
+            extent.append(max(stop - start, 0))
+            result.append(max(stop - start, 0))
+        else:
+            return None
+    return tuple(starts), tuple(extent), tuple(result)
+
+
+def _as_block(value: Any, dtype: np.dtype, extent: tuple[int, ...], result: tuple[int, ...]) -> np.ndarray:
+    """`value` as the C-contiguous content of a box of `extent`, cast and broadcast as an assignment would."""
+    if np.ndim(value) == 0:
+        return np.full(extent, np.array(value, dtype=dtype), dtype=dtype)
+    value = np.asarray(value)
+    if value.dtype == dtype and value.shape == result and value.flags.c_contiguous:
+        return value.reshape(extent)
+    block = np.empty(extent, dtype=dtype)
+    block.reshape(result)[...] = value
+    return block
+
+
+@dataclass(frozen=True)
+class _ShardLayout:
+    """How one sharded array is stored, for the whole-shard fast path (see the module docstring)."""
+
+    folder: Path
+    shard: tuple[int, ...]
+    chunk: tuple[int, ...]
+    order: tuple[tuple[int, ...], ...]  # inner chunks in the order zarr writes them (morton order)
+    encode: Callable[[np.ndarray], bytes]
+    decode: Callable[[Any, tuple[int, ...]], np.ndarray]
+    key: Callable[[tuple[int, ...]], str]
+
+    @property
+    def chunks_per_shard(self) -> tuple[int, ...]:
+        return tuple(s // c for s, c in zip(self.shard, self.chunk, strict=True))
+
+    def aligned(self, starts: tuple[int, ...], extent: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+        """Whether the box covers whole shards (a shard cut by the array's edge counts as whole)."""
+        return all(
+            s % size == 0 and ((s + e) % size == 0 or s + e == n) and e > 0
+            for s, e, size, n in zip(starts, extent, self.shard, shape, strict=True)
+        )
+
+    def shards_of(self, starts: tuple[int, ...], extent: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+        ranges = [
+            range(s // size, -(-(s + e) // size))
+            for s, e, size in zip(starts, extent, self.shard, strict=True)
+        ]
+        return itertools.product(*ranges)
+
+
+def _zstd_encode(codec: Zstd, chunk: np.ndarray, dtype: np.dtype) -> bytes:
+    """One chunk through the bytes + zstd pipeline (a module function, so benchmarks can time it)."""
+    return codec.encode(np.ascontiguousarray(chunk, dtype=dtype))
+
+
+def _shard_layout(array: zarr.Array) -> _ShardLayout | None:
+    """The layout when `array` is a local sharded array this module can encode exactly like zarr: inner
+    codecs bytes+zstd or avif, index at the end with bytes+crc32c, fill value zero, C order and empty chunks
+    not written; None otherwise (zarr then does the work)."""
+    metadata = array.metadata
+    store = array.store
+    if metadata.zarr_format != 3 or not isinstance(store, LocalStore) or len(metadata.codecs) != 1:
+        return None
+    sharding = metadata.codecs[0]
+    if not isinstance(sharding, ShardingCodec) or sharding.index_location.value != "end":
+        return None
+    if [codec.to_dict() for codec in sharding.index_codecs] != _INDEX_CODECS:
+        return None
+    config = array.async_array.config
+    dtype = np.dtype(array.dtype)
+    if config.order != "C" or config.write_empty_chunks or dtype.kind not in "biuf":
+        return None
+    if np.asarray(array.fill_value, dtype=dtype).tobytes().strip(b"\0"):
+        return None
+    inner = sharding.codecs
+    stored = dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype
+    if len(inner) == 2 and isinstance(inner[0], BytesCodec) and isinstance(inner[1], ZstdCodec):
+        if dtype.itemsize > 1 and (inner[0].endian is None or inner[0].endian.value != "little"):
+            return None
+        zstd = Zstd(level=inner[1].level, checksum=inner[1].checksum)
+
+        def encode(chunk: np.ndarray) -> bytes:
+            return _zstd_encode(zstd, chunk, stored)
+
+        def decode(data: Any, shape: tuple[int, ...]) -> np.ndarray:
+            return np.frombuffer(zstd.decode(data), dtype=stored).reshape(shape)
+
+    elif len(inner) == 1 and isinstance(inner[0], AvifCodec):
+        avif = inner[0]
+        encode = avif.encode_pixels
+
+        def decode(data: Any, shape: tuple[int, ...]) -> np.ndarray:
+            return avif.decode_pixels(bytes(data), shape)
+
+    else:
+        return None
+    shard, chunk = tuple(array.shards), tuple(array.chunks)
+    chunks_per_shard = tuple(s // c for s, c in zip(shard, chunk, strict=True))
+    return _ShardLayout(
+        folder=Path(store.root) / array.path,
+        shard=shard,
+        chunk=chunk,
+        order=tuple(tuple(int(i) for i in c) for c in morton_order_iter(chunks_per_shard)),
+        encode=encode,
+        decode=decode,
+        key=metadata.encode_chunk_key,
+    )
+
+
+def _write_shard(layout: _ShardLayout, coords: tuple[int, ...], part: np.ndarray) -> None:
+    """Encode one shard from `part` (its region inside the array, origin at the shard's origin) exactly as
+    zarr does, and write the file (or remove it when every chunk is empty, as zarr does)."""
+    chunks_per_shard = layout.chunks_per_shard
+    index = np.full((*chunks_per_shard, 2), _MAX_UINT64, dtype="<u8")
+    pieces: list[bytes] = []
+    offset = 0
+    for local in layout.order:
+        origin = [i * c for i, c in zip(local, layout.chunk, strict=True)]
+        if any(o >= n for o, n in zip(origin, part.shape, strict=True)):
+            continue  # entirely beyond the array's edge
+        chunk = part[tuple(slice(o, o + c) for o, c in zip(origin, layout.chunk, strict=True))]
+        if chunk.shape != layout.chunk:  # straddles the array's edge: zarr pads with the fill value
+            padded = np.zeros(layout.chunk, dtype=part.dtype)
+            padded[tuple(slice(0, n) for n in chunk.shape)] = chunk
+            chunk = padded
+        if not np.ascontiguousarray(chunk).reshape(-1).view(np.uint8).any():
+            continue  # equal to the fill value, bit for bit (-0.0 is stored): not written
+        data = layout.encode(chunk)
+        index[local] = (offset, len(data))
+        pieces.append(data)
+        offset += len(data)
+    path = layout.folder / layout.key(coords)
+    if not pieces:
+        path.unlink(missing_ok=True)
+        return
+    index_bytes = index.tobytes()
+    pieces += [index_bytes, np.array([google_crc32c.value(index_bytes)], dtype="<u4").tobytes()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.writelines(pieces)
+
+
+def _write_shards(
+    layout: _ShardLayout, shape: tuple[int, ...], starts: tuple[int, ...], block: np.ndarray
+) -> None:
+    for coords in layout.shards_of(starts, block.shape):
+        origin = [c * s for c, s in zip(coords, layout.shard, strict=True)]
+        end = [min(o + s, n) for o, s, n in zip(origin, layout.shard, shape, strict=True)]
+        region = tuple(slice(o - s, e - s) for o, e, s in zip(origin, end, starts, strict=True))
+        _write_shard(layout, coords, block[region])
+
+
+def read_block(array: zarr.Array, key: Any = ...) -> np.ndarray:
+    """``array[key]``, decoded here, without zarr's per-chunk overhead, when `key` covers whole shards of a
+    sharded image array (e.g. ``[camera, t0:t0 + images_per_shard]``); any other key is read by zarr.
+
+    A damaged shard (index checksum, zstd frame checksum, undecodable AVIF) raises StoreError naming the
+    array and the chunk.
+    """
+    layout = _shard_layout(array)
+    box = _box(key, tuple(array.shape))
+    if layout is None or box is None or not layout.aligned(box[0], box[1], tuple(array.shape)):
+        return np.asarray(array[key])
+    starts, extent, result = box
+    shape = tuple(array.shape)
+    out = np.zeros(extent, dtype=array.dtype)
+    chunks_per_shard = layout.chunks_per_shard
+    index_size = 16 * math.prod(chunks_per_shard) + 4
+    where = {"path": Path(array.store.root), "array": array.path}
+    for coords in layout.shards_of(starts, extent):
+        try:
+            data = (layout.folder / layout.key(coords)).read_bytes()
+        except FileNotFoundError:
+            continue  # no shard: every chunk is the fill value
+        origin = [c * s for c, s in zip(coords, layout.shard, strict=True)]
+        index_bytes = data[len(data) - index_size : len(data) - 4]
+        crc = np.frombuffer(data[len(data) - 4 :], dtype="<u4")
+        if len(data) < index_size or int(crc[0]) != google_crc32c.value(index_bytes):
+            raise StoreError(f"shard {layout.key(coords)}: index checksum mismatch", **where)
+        index = np.frombuffer(index_bytes, dtype="<u8").reshape(*chunks_per_shard, 2)
+        view = memoryview(data)
+        for local in np.ndindex(*chunks_per_shard):
+            offset, length = (int(v) for v in index[local])
+            if offset == int(_MAX_UINT64):
+                continue
+            first = [o + i * c for o, i, c in zip(origin, local, layout.chunk, strict=True)]
+            if any(f >= n for f, n in zip(first, shape, strict=True)):
+                continue
+            try:
+                chunk = layout.decode(view[offset : offset + length], layout.chunk)
+            except Exception as exc:  # zstd frame checksum, corrupt AVIF, truncated data...
+                raise StoreError(
+                    f"unreadable chunk at {first}: {type(exc).__name__}: {exc}", **where
+                ) from None
+            target = tuple(
+                slice(f - s, min(f + c, n) - s)
+                for f, c, n, s in zip(first, layout.chunk, shape, starts, strict=True)
+            )
+            out[target] = chunk[tuple(slice(0, t.stop - t.start) for t in target)]
+    return out.reshape(result)
+
+
+_WRITING_ATTRS = frozenset(
+    {
+        "set_basic_selection",
+        "set_orthogonal_selection",
+        "set_coordinate_selection",
+        "set_mask_selection",
+        "set_block_selection",
+        "oindex",
+        "vindex",
+        "blocks",
+        "resize",
+        "append",
+    }
+)
+"""zarr.Array attributes that can write data past `ImageArray.__setitem__`: using one gives up the write-time
+checksum (the manifest then reads the array back), so nothing written that way goes unhashed."""
+
+
+class ImageArray:
+    """An image array of a store being written, as `StoreWriter.create_images` returns it.
+
+    Reads and attributes are the zarr array's. An assignment of a box is hashed for the manifest as it is
+    written (`ContentHash`; AVIF arrays are lossy and checksummed from their stored bytes instead), and one
+    that covers whole shards is encoded here (module docstring). Any other way of writing (fancy indexing,
+    `oindex`, `set_*_selection`, the raw `zarr_array`) is zarr's and makes the manifest read the array back.
+    """
+
+    def __init__(self, array: zarr.Array, content_hash: ContentHash | None) -> None:
+        self._array = array
+        self._hash = content_hash
+        self._layout = _shard_layout(array)
+
+    @property
+    def zarr_array(self) -> zarr.Array:
+        """The zarr array itself; writes through it are not hashed, so asking for it gives up the hash."""
+        self._give_up_hash()
+        return self._array
+
+    def _give_up_hash(self) -> None:
+        if self._hash is not None:
+            self._hash.invalidate()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("_array", "_hash", "_layout"):  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        if name in _WRITING_ATTRS:
+            self._give_up_hash()
+        return getattr(self._array, name)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._array[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        array = self._array
+        shape = tuple(array.shape)
+        box = _box(key, shape)
+        if box is None:
+            self._give_up_hash()
+            array[key] = value
+            return
+        starts, extent, result = box
+        block = _as_block(value, np.dtype(array.dtype), extent, result)
+        if self._hash is not None:
+            self._hash.add(starts, block)
+        if self._layout is not None and self._layout.aligned(starts, extent, shape):
+            _write_shards(self._layout, shape, starts, block)
+        else:
+            array[tuple(slice(s, s + e) for s, e in zip(starts, extent, strict=True))] = block
+
+
 class StoreWriter:
     """Writes arrays and attributes into a store being built; obtained from `write_store` only."""
 
@@ -99,6 +497,7 @@ class StoreWriter:
         self.path = path  # the final path, named in errors; it exists only after success
         self.temporary = temporary  # the hidden sibling being written
         self._provenance_set = False
+        self._checksums: dict[str, ContentHash | str] = {}  # manifest checksums taken while writing
 
     def _check_name(self, name: str) -> None:
         if not name or name.startswith("/") or name.endswith("/") or name in self.group:
@@ -117,14 +516,16 @@ class StoreWriter:
         shard_axes: int = 1,
         images_per_shard: int | None = None,
         attrs: dict | None = None,
-    ) -> zarr.Array:
+    ) -> ImageArray:
         """Create an image array of shape (*leading, H, W, C) or (*leading, H, W), one image per chunk.
 
         A shard holds every image that shares the indices of the first `shard_axes` leading axes (0: one
         shard for the whole array, good for small arrays). `images_per_shard` additionally splits the next
         leading axis into blocks of that many, to bound the size of a shard. `codec` is "zstd" (lossless,
         any dtype) or "avif" (lossy, uint8 RGB only, `quality` 0..100). The caller fills the array by
-        assignment, ideally one whole shard per assignment (see the module docstring).
+        assignment, ideally one whole shard per assignment and the shards in C order (camera after camera,
+        block after block): then the array is encoded in this thread and hashed while written (see the
+        module docstring). Write only through the returned `ImageArray`, never through `group`.
         """
         self._check_name(name)
         shape = tuple(int(s) for s in shape)
@@ -172,7 +573,11 @@ class StoreWriter:
             chunk_key_encoding=CHUNK_KEY_ENCODING,
             attributes=normalise_attrs(attrs or {}),
         )
-        return array
+        # Lossy (AVIF) content is known only after decoding: its manifest checksum covers the stored bytes.
+        content = None if codec == "avif" else ContentHash(shape, dtype)
+        if content is not None:
+            self._checksums[name] = content
+        return ImageArray(array, content)
 
     def write_array(self, name: str, data: np.ndarray, *, attrs: dict | None = None) -> zarr.Array:
         """Write a small array (intrinsics, w2c, fixed-width unicode ids, validity masks) as one zstd chunk.
@@ -205,9 +610,20 @@ class StoreWriter:
                 chunk_key_encoding=CHUNK_KEY_ENCODING,
                 attributes=normalise_attrs(attrs or {}),
             )
+        data = data.astype(dtype, copy=False)
         if data.size:
-            array[...] = data.astype(dtype, copy=False)
+            array[...] = data
+        self._checksums[name] = hashlib.sha256(content_bytes(data)).hexdigest()
         return array
+
+    def checksums(self) -> dict[str, str]:
+        """Manifest checksums of the arrays hashed while written (see `ContentHash`), by array name."""
+        known = {}
+        for name, value in self._checksums.items():
+            digest = value if isinstance(value, str) else value.hexdigest()
+            if digest is not None:
+                known[name] = digest
+        return known
 
     def set_attrs(self, **attrs: Any) -> None:
         """Add or overwrite root attributes (e.g. ``random_weights=True`` once a network is known random).
@@ -263,7 +679,7 @@ def write_store(
             raise StoreError(
                 f"root attribute random_weights must be a bool, got {random_weights!r}", path=path
             )
-        write_manifest(temporary)
+        write_manifest(temporary, checksums=writer.checksums())
 
 
 def _is_group_folder(path: Path) -> bool:
