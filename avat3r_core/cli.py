@@ -189,8 +189,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         args.model,
         args.index,
         args.out,
-        split=args.split,
-        seed=config["seed"],
+        split=config["evaluate"]["split"],
+        seed=config["evaluate"]["seed"],
+        max_items=config["evaluate"]["max_items"],
         renderer=config["train"]["renderer"],
         device=config["train"]["device"],
         progress=not args.quiet,
@@ -331,7 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", cmd_evaluate, "score a trained model and the trivial baselines on held-out subjects")
     p.add_argument("--model", required=True, type=Path, help="model.pt written by avat3r train")
     p.add_argument("--index", required=True, type=Path, help="dataset_index.json")
-    p.add_argument("--split", default="test", help="split of the index to score (default: test)")
     p.add_argument("--out", required=True, type=Path, help="folder for metrics.json and grid.png")
 
     p = add("validate", cmd_validate, "re-check stores against their manifests and name corrupt arrays")

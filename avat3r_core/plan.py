@@ -69,6 +69,7 @@ def plan(config: dict[str, Any], size: CaptureSize) -> dict[str, Any]:
         "input_views_per_subject": input_views,
         "supervision_views_per_subject": supervision_views,
         "jobs": {**{stage: size.subjects for stage in PER_SUBJECT_STAGES}, "dataset_index": 1}
+        | {"train": len(config["variants"]), "evaluate": len(config["variants"])}
         | ({"synthetic_capture": 1} if config["synthetic"]["enabled"] else {}),
         "bytes_per_subject": per_subject,
         "bytes_total": {stage: n * size.subjects for stage, n in per_subject.items()},

@@ -53,6 +53,15 @@ def variant_json(wildcards):
     return section_json(variant_sections(config, wildcards.variant))
 
 
+def evaluate_json(wildcards):
+    """The variant's sections plus the evaluate section."""
+    from avat3r_core.config import variant_sections
+
+    return section_json(
+        dict(variant_sections(config, wildcards.variant), evaluate=config["evaluate"])
+    )
+
+
 def train_launcher(wildcards):
     """`avat3r`, or torchrun with one process per GPU when the train rule asks for several."""
     gpus = config["train"]["gpus"]

@@ -42,7 +42,7 @@ rule evaluate:
     resources:
         gpu=lambda wildcards: min(config["train"]["gpus"], 1),
     params:
-        config=variant_json,
+        config=evaluate_json,
         version=STAGE_VERSIONS["evaluate"],
         out=lambda wildcards: f"{RESULTS}/evaluate/{wildcards.variant}",
     shell:

@@ -25,7 +25,7 @@ def test_ava256_sized_plan_by_hand() -> None:
     assert result["bytes_per_subject"]["positions"] == 1200 * 512 * 512 * 16
     assert result["jobs"]["features"] == 256 and result["jobs"]["dataset_index"] == 1
     assert "synthetic_capture" not in result["jobs"]
-    assert sum(result["jobs"].values()) == 8 * 256 + 1
+    assert sum(result["jobs"].values()) == 8 * 256 + 1 + 2  # + train and evaluate of the one variant
 
 
 def test_plan_command_prints_the_totals(capsys) -> None:
