@@ -58,3 +58,26 @@ def test_bgmv2_on_gpu_matches_cpu(tmp_path) -> None:
     assert np.abs(alpha_gpu - alpha_cpu).max() < 1e-3
     alpha_fp16, _ = BGMv2Matter(path, device="cuda", precision="fp16", **kwargs)(images, plates)
     assert np.abs(alpha_fp16 - alpha_cpu).max() < 2e-2
+
+
+def test_avat3r_bf16_on_gpu_matches_fp32_on_cpu() -> None:
+    """The network under bf16 autocast with CUDA attention kernels against fp32 on the CPU."""
+    from avat3r_core.recon.model import Avat3rModel, ModelConfig
+    from benchmarks.train_step import synthetic_batch
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny()
+    model = Avat3rModel(cfg).eval()
+    with torch.no_grad():  # non-zero offsets, so the heads' outputs are compared, not just the skips
+        for head in model.heads.modules():
+            if isinstance(head, torch.nn.Linear):
+                head.weight.normal_(0, 0.02)
+    batch = synthetic_batch("tiny", cfg, torch.device("cpu"))
+    with torch.no_grad():
+        cpu = model(batch)
+        gpu_model = model.cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            gpu = gpu_model({k: v.cuda() for k, v in batch.items()})
+    for name in ("means", "scales", "opacities", "colors", "quats"):
+        assert _relative(getattr(gpu, name).cpu(), getattr(cpu, name)) < 3e-2, name
+    assert torch.equal(gpu.keep.cpu(), cpu.keep)

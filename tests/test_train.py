@@ -233,3 +233,17 @@ def test_two_gloo_processes_train_like_one_process_with_the_same_global_batch(sh
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_weights(single, tmp_path / "ddp" / "model.pt", atol=1e-5)
+
+
+def test_bf16_on_the_cpu_is_refused(shard_index, tmp_path) -> None:
+    with pytest.raises(TrainingError, match=r"'train\.precision': bf16 autocast is only supported on CUDA"):
+        Trainer(config(precision="bf16"), shard_index, tmp_path, progress=False)
+
+
+def test_fine_tuning_starts_from_the_source_weights_at_step_zero(shard_index, tmp_path) -> None:
+    source = run_training(config(steps=2), shard_index, tmp_path / "a", progress=False)
+    trainer = Trainer(config(init_from=str(source)), shard_index, tmp_path / "b", progress=False)
+    assert trainer.step == 0
+    saved = weights(source)
+    assert all(torch.equal(value, saved[name]) for name, value in trainer.model.state_dict().items())
+    assert not trainer.optimizer.state  # a fresh optimiser

@@ -209,6 +209,13 @@ class Trainer:
         torch.manual_seed(seed)  # identical initial weights on every rank
         model = Avat3rModel(self.model_cfg)
         precision = self.train_cfg["precision"]
+        if precision == "bf16" and self.device.type != "cuda":
+            # Measured with torch 2.14 on x86: a bf16 strided convolution (the patch embedding) on the CPU
+            # is off by about 100% of its output, so CPU bf16 would train a different network.
+            raise TrainingError(
+                "config key 'train.precision': bf16 autocast is only supported on CUDA (CPU bf16 "
+                "convolutions are inaccurate); use fp32 or auto on the CPU"
+            )
         self.amp_dtype = (
             torch.bfloat16
             if precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
