@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from avat3r_core.geometry.cameras import Camera, pixel_centers
+from avat3r_core.geometry.cameras import Camera
 
 
 def ray_directions(camera: Camera) -> np.ndarray:
-    """Unit ray directions in world coordinates through every pixel centre, shape (H, W, 3), float64."""
-    uv = pixel_centers(camera.width, camera.height).reshape(-1, 2)
-    homo = np.concatenate([uv, np.ones((uv.shape[0], 1))], axis=1)
-    cam_dirs = np.linalg.solve(camera.K, homo.T).T
-    world = cam_dirs @ camera.w2c[:3, :3]  # R^T applied to each row
-    world /= np.linalg.norm(world, axis=1, keepdims=True)
-    return world.reshape(camera.height, camera.width, 3)
+    """Unit ray directions in world coordinates through every pixel centre, shape (H, W, 3), float64.
+
+    Evaluated separably (K^-1 applied to the pixel-centre column and row vectors, then broadcast), since
+    the loader computes this for every input view of every sample: 512^2 rays take a few milliseconds.
+    """
+    k_inv = np.linalg.inv(np.asarray(camera.K, dtype=np.float64))
+    cam_to_world = np.asarray(camera.w2c, dtype=np.float64)[:3, :3].T
+    # World direction of pixel (u, v): R^T K^-1 [u, v, 1]^T = A[:, 0] u + A[:, 1] v + A[:, 2].
+    a = cam_to_world @ k_inv
+    u = np.arange(camera.width, dtype=np.float64) + 0.5
+    v = np.arange(camera.height, dtype=np.float64) + 0.5
+    world = (v[:, None, None] * a[:, 1]) + (u[None, :, None] * a[:, 0]) + a[:, 2]
+    world /= np.linalg.norm(world, axis=-1, keepdims=True)
+    return world
 
 
 def plucker_rays(camera: Camera) -> np.ndarray:
@@ -29,5 +36,13 @@ def plucker_rays(camera: Camera) -> np.ndarray:
     camera centre. The moment does not depend on which point of the ray is used as ``o``.
     """
     d = ray_directions(camera)
-    moment = np.cross(np.broadcast_to(camera.center, d.shape), d)
+    o = np.asarray(camera.center, dtype=np.float64)
+    moment = np.stack(
+        [
+            o[1] * d[..., 2] - o[2] * d[..., 1],
+            o[2] * d[..., 0] - o[0] * d[..., 2],
+            o[0] * d[..., 1] - o[1] * d[..., 0],
+        ],
+        axis=-1,
+    )
     return np.concatenate([moment, d], axis=-1)
