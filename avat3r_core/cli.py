@@ -198,6 +198,37 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_animate(args: argparse.Namespace) -> None:
+    from avat3r_core.recon.animate import animate
+
+    config = _config(args)
+    summary = animate(
+        args.model,
+        args.index,
+        args.out,
+        subject=args.subject,
+        expressions=args.expressions,
+        camera=args.camera,
+        fps=args.fps,
+        seed=args.seed,
+        batch=args.batch,
+        renderer=config["train"]["renderer"],
+        device=config["train"]["device"],
+    )
+    log.info(
+        "%d frames of subject %s (%s, inputs %s) written to %s and %s; encode %.2f s, driving %.1f fps on %s",
+        summary["frames"],
+        summary["subject"],
+        summary["camera"],
+        ", ".join(summary["inputs"]),
+        summary["video"],
+        summary["contact_sheet"],
+        summary["encode_s"],
+        summary["drive_fps"],
+        summary["device"],
+    )
+
+
 def cmd_validate(args: argparse.Namespace) -> None:
     from avat3r_core.errors import Avat3rError
     from avat3r_core.store.manifest import verify_store
@@ -333,6 +364,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, type=Path, help="model.pt written by avat3r train")
     p.add_argument("--index", required=True, type=Path, help="dataset_index.json")
     p.add_argument("--out", required=True, type=Path, help="folder for metrics.json and grid.png")
+
+    p = add(
+        "animate",
+        cmd_animate,
+        "build an avatar from 4 input views once and render a sequence of expression codes to an mp4",
+    )
+    p.add_argument("--model", required=True, type=Path, help="model.pt written by avat3r train")
+    p.add_argument("--index", required=True, type=Path, help="dataset_index.json")
+    p.add_argument("--subject", help="subject to animate (default: the first test subject of the index)")
+    p.add_argument(
+        "--expressions",
+        default="shard",
+        help="'shard' (the subject's codes of its supervision frames, in order) or a .npy of shape (T, 256)",
+    )
+    p.add_argument(
+        "--camera",
+        default="orbit",
+        help="a supervision camera id (fixed view) or 'orbit' (swing around the head)",
+    )
+    p.add_argument("--fps", type=float, default=7.5, help="frames per second of the video")
+    p.add_argument("--seed", type=int, default=0, help="seed of the loader that picks the 4 input views")
+    p.add_argument("--batch", type=int, default=8, help="expressions decoded at once from the cache")
+    p.add_argument(
+        "--out", required=True, type=Path, help="video.mp4 to write (and <stem>_frames.png next to it)"
+    )
 
     p = add("validate", cmd_validate, "re-check stores against their manifests and name corrupt arrays")
     p.add_argument("paths", nargs="+", type=Path, help="store folders (*.zarr)")
