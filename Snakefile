@@ -7,7 +7,7 @@ from snakemake.utils import min_version
 
 from avat3r_core.config import validate_config
 
-min_version("9.0")
+min_version("9.19")
 
 
 configfile: "config.yaml"

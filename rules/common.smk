@@ -20,7 +20,13 @@ def sections(*names):
 
 
 def capture_input(wildcards):
-    """A subject's capture files (the synthetic capture folder, or calibration and frame list)."""
+    """A subject's capture files, so that replacing one subject's files reruns only that subject's jobs.
+
+    Synthetic: the generated capture folder (one directory output, tracked by its timestamp file; edits
+    inside it are not seen: regenerate with `-R synthetic_capture`). Ava-256: the files `capture_index`
+    reads, which every later stage of the subject depends on: calibration, frame list, head poses, tracked
+    meshes and the per-camera image zips (one listdir; absent optional files are left out).
+    """
     if SYNTHETIC:
         return rules.synthetic_capture.output.capture
     from avat3r_core.capture.ava256 import Ava256Capture
@@ -28,7 +34,13 @@ def capture_input(wildcards):
     decoder = Ava256Capture(
         CAPTURE_ROOT, wildcards.subject, subjects_csv=config["capture"]["subjects_csv"]
     ).decoder
-    return [f"{decoder}/camera_calibration.json", f"{decoder}/frame_list.csv"]
+    optional = [
+        decoder / "head_pose" / "head_pose.zip",
+        decoder / "kinematic_tracking" / "registration_vertices.zip",
+        *sorted((decoder / "image").glob("cam*.zip")),
+    ]
+    required = [decoder / "camera_calibration.json", decoder / "frame_list.csv"]
+    return [str(path) for path in required + [p for p in optional if p.is_file()]]
 
 
 def groundtruth_arg(wildcards):
@@ -68,3 +80,25 @@ def train_launcher(wildcards):
     if gpus > 1:
         return f"torchrun --standalone --nproc-per-node {gpus} -m avat3r_core.cli"
     return "avat3r"
+
+
+# -- software environments (--use-conda) ------------------------------------------------------------------
+# envs/*.yaml install this checkout (`pip install --editable ${AVAT3R_ROOT}[extra]`). Snakemake creates each
+# environment from a copy of its file under .snakemake/conda/ (or --conda-prefix), where a relative path
+# would not reach the checkout, so the path comes from this variable (pip expands it in requirement files).
+import os
+
+os.environ.update(AVAT3R_ROOT=os.path.realpath(workflow.basedir))
+
+# Matting and positions run in the PyTorch environment of their network only with that backend; the other
+# backends need the CPU environment alone, so a CPU-only run never builds a PyTorch environment.
+MATTING_ENV = (
+    "../envs/bgmv2.yaml"
+    if config["matting"]["backend"] == "bgmv2"
+    else "../envs/preprocess.yaml"
+)
+POSITIONS_ENV = (
+    "../envs/dust3r.yaml"
+    if config["positions"]["backend"] == "dust3r"
+    else "../envs/preprocess.yaml"
+)

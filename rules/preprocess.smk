@@ -52,7 +52,7 @@ rule matting:
     benchmark:
         f"{BENCHMARKS}/matting/{{subject}}.tsv"
     conda:
-        "../envs/preprocess.yaml"
+        MATTING_ENV
     threads: 1
     resources:
         gpu=lambda wildcards: 1 if config["matting"]["backend"] == "bgmv2" else 0,
@@ -100,7 +100,7 @@ rule positions:
     benchmark:
         f"{BENCHMARKS}/positions/{{subject}}.tsv"
     conda:
-        "../envs/dust3r.yaml"
+        POSITIONS_ENV
     resources:
         gpu=lambda wildcards: 1 if config["positions"]["backend"] == "dust3r" else 0,
     params:

@@ -5,7 +5,7 @@ What a multi-day run on a cluster needs, and why it is here:
 * **Exact resumption.** The data order is a pure function of (seed, step, rank) (:mod:`.sampling`), and a
   checkpoint holds model, optimiser, step and RNG states, so a run stopped at step k and resumed gives the
   same weights as one that never stopped (tested).
-* **Time limits.** SIGTERM or SIGUSR1 (SLURM's warning signal, ``--signal=B:USR1@300``) makes every rank
+* **Time limits.** SIGTERM or SIGUSR1 (SLURM's warning signal, ``--signal=USR1@300``) makes every rank
   finish its step, rank 0 writes the checkpoint, and the process exits with status 75 (EX_TEMPFAIL); the
   rerun (Snakemake ``retries``, or a SLURM requeue) resumes from it.
 * **Never a broken checkpoint.** A NaN loss stops training naming the step and samples before anything is

@@ -5,6 +5,11 @@
 edits that do not change outputs (comments, refactors) rerun nothing.
 """
 
+# The Avat3r model's patch size on the input crops: the features stage sizes its grid by it and the shards
+# stage checks it. Kept here, not in the features module, so that shards (a CPU rule, no PyTorch) needs no
+# torch import.
+TOKEN_PATCH = 8
+
 STAGE_VERSIONS: dict[str, int] = {
     "synthetic_capture": 1,
     "capture_index": 2,

@@ -23,11 +23,11 @@ from tqdm import tqdm
 from avat3r_core.errors import ConfigError
 from avat3r_core.models.sapiens import SapiensFeatures, load_sapiens, write_random_sapiens
 from avat3r_core.seeds import derive_seed
+from avat3r_core.stages import TOKEN_PATCH
 from avat3r_core.stages.positions import InputCrops
 from avat3r_core.store.zarr_store import write_store
 
 log = logging.getLogger(__name__)
-TOKEN_PATCH = 8  # the Avat3r model's patch size on the input crops
 
 
 def load_extractor(cfg: dict[str, Any], seed: int) -> SapiensFeatures:

@@ -21,7 +21,7 @@ import numpy as np
 
 from avat3r_core.capture.base import CaptureReader
 from avat3r_core.errors import CaptureError, ConfigError
-from avat3r_core.stages.features import TOKEN_PATCH
+from avat3r_core.stages import TOKEN_PATCH
 from avat3r_core.store.atomic import write_json_atomic
 from avat3r_core.store.manifest import verify_store
 from avat3r_core.store.zarr_store import MANIFEST_NAME, StoreError, open_store, write_store
