@@ -247,3 +247,13 @@ def test_fine_tuning_starts_from_the_source_weights_at_step_zero(shard_index, tm
     saved = weights(source)
     assert all(torch.equal(value, saved[name]) for name, value in trainer.model.state_dict().items())
     assert not trainer.optimizer.state  # a fresh optimiser
+
+
+def test_mixing_a_second_index_by_weight(shard_index, tmp_path) -> None:
+    from avat3r_core.recon.data import WeightedConcat
+
+    mixed = config(steps=1, mix=[{"index": str(shard_index), "weight": 3.0}])
+    trainer = Trainer(mixed, shard_index, tmp_path, progress=False)
+    assert isinstance(trainer.dataset, WeightedConcat)
+    assert np.allclose(np.diff([0.0, *trainer.dataset.cumulative]), [0.25, 0.75])
+    assert load_checkpoint(trainer.run())["step"] == 1

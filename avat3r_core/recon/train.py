@@ -131,10 +131,6 @@ def _build_dataset(train: Mapping[str, Any], index: Path, seed: int) -> Any:
     return WeightedConcat(members, weights, length=length, seed=seed)
 
 
-def _first_dataset(dataset: Any) -> Avat3rShardDataset:
-    return dataset.datasets[0] if isinstance(dataset, WeightedConcat) else dataset
-
-
 def check_data_fits_model(dataset: Any, cfg: ModelConfig) -> None:
     """Fail before training when a shard was built for another config than the model's."""
     members = dataset.datasets if isinstance(dataset, WeightedConcat) else [dataset]
