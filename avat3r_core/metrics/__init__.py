@@ -1,4 +1,4 @@
-"""Image metrics that double as training losses and evaluation metrics: PSNR, SSIM and LPIPS.
+"""Image metrics that double as training losses and evaluation metrics (PSNR, SSIM, LPIPS), and JOD.
 
 Training and evaluation import the same functions so that the loss a run optimises and the numbers it
 reports follow one set of conventions (torchmetrics' for PSNR/SSIM, the `lpips` package's 'alex' v0.1 for
@@ -18,15 +18,18 @@ from avat3r_core.metrics.lpips import (
     lpips_available,
     lpips_for_loss_weight,
 )
+from avat3r_core.metrics.video import JODResult, jod
 
 __all__ = [
     "ALEXNET_FILE",
     "ALEXNET_URL",
     "LPIPS",
     "LPIPS_MIN_SIDE",
+    "JODResult",
     "LPIPSWeightsError",
     "find_lpips_heads",
     "gaussian_window",
+    "jod",
     "lpips_available",
     "lpips_for_loss_weight",
     "psnr",

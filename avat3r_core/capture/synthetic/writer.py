@@ -224,8 +224,10 @@ def _run_jobs(jobs: list[tuple], workers: int) -> Iterable[tuple[str, int, bytes
     if workers <= 1 or len(jobs) <= 1:
         yield from map(_render_camera_job, jobs)
         return
+    # Not "fork": the caller may hold threads (zarr's I/O pool, torch, an in-process Snakemake), and a child
+    # forked while one of them holds a lock deadlocks. The fork server starts from a clean process.
     methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     with ctx.Pool(processes=workers) as pool:
         yield from pool.imap_unordered(_render_camera_job, jobs, chunksize=1)
 
