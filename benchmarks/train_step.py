@@ -22,6 +22,7 @@ import torch
 
 from avat3r_core.geometry.cameras import Camera
 from avat3r_core.geometry.rays import plucker_rays
+from avat3r_core.geometry.transforms import look_at_w2c
 from avat3r_core.recon.losses import LossWeights, PhotometricLoss
 from avat3r_core.recon.model import Avat3rModel, ModelConfig
 from avat3r_core.recon.predict import render_supervision, scene_gaussians
@@ -33,24 +34,16 @@ SIZES = {  # input crop, supervision crop, views, supervision views
 }
 
 
-def look_at_w2c(center: np.ndarray) -> np.ndarray:
-    """OpenCV world-to-camera matrix of a camera at ``center`` looking at the origin, y down."""
-    forward = -center / np.linalg.norm(center)
-    right = np.cross(forward, [0.0, -1.0, 0.0])
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    rotation = np.stack([right, down, forward])
-    w2c = np.eye(4)
-    w2c[:3, :3], w2c[:3, 3] = rotation, -rotation @ center
-    return w2c
-
-
 def ring_cameras(n: int, size: int, offset: float) -> list[Camera]:
     focal = size / (2 * np.tan(np.radians(8.5)))  # ~17 degree field of view: the head fills the crop
     K = np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1.0]])
     angles = offset + np.linspace(-0.9, 0.9, n)
     centers = [1.1 * np.array([np.sin(a), 0.05 * np.cos(3 * a), np.cos(a)]) for a in angles]
-    return [Camera(K=K, w2c=look_at_w2c(c), width=size, height=size) for c in centers]
+    # World -y shows upwards in the image, as in the capture's head frame.
+    return [
+        Camera(K=K, w2c=look_at_w2c(c, np.zeros(3), [0.0, -1.0, 0.0]), width=size, height=size)
+        for c in centers
+    ]
 
 
 def sphere_hits(camera: Camera, radius: float = 0.1) -> tuple[np.ndarray, np.ndarray]:

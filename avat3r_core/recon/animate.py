@@ -37,7 +37,7 @@ from avat3r_core.geometry.transforms import look_at_w2c
 from avat3r_core.recon.data import Avat3rShardDataset
 from avat3r_core.recon.evaluate import load_trained_model
 from avat3r_core.recon.model import Avat3rModel, EncodedViews
-from avat3r_core.recon.predict import scene_gaussians
+from avat3r_core.recon.predict import scene_gaussians, to_uint8
 from avat3r_core.render import render
 from avat3r_core.store.atomic import atomic_path
 from avat3r_core.store.zarr_store import open_store
@@ -291,12 +291,6 @@ def render_sequence(
                 )
                 images.append(out.rgb[0])
         yield torch.stack(images)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float (n, 3, H, W) in [0, 1] -> uint8 (n, H, W, 3), rounded."""
-    array = images.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-    return (array * 255.0 + 0.5).astype(np.uint8)
 
 
 def drive(

@@ -18,19 +18,14 @@ import numpy as np
 import torch
 
 from avat3r_core.recon.data import Avat3rShardDataset
+from avat3r_core.recon.model import camera_centers
 from avat3r_core.render import Gaussians
-
-
-def _centres(w2c: torch.Tensor) -> torch.Tensor:
-    """Camera centres (..., 3) of world-to-camera matrices (..., 4, 4)."""
-    rotation, translation = w2c[..., :3, :3], w2c[..., :3, 3:]
-    return -(rotation.transpose(-1, -2) @ translation)[..., 0]
 
 
 def nearest_input_view(batch: Mapping[str, torch.Tensor], b: int, j: int) -> int:
     """Index of the input view of sample ``b`` seen from the direction closest to target camera ``j``."""
-    inputs = torch.nn.functional.normalize(_centres(batch["input_w2c"][b].double()), dim=-1)
-    target = torch.nn.functional.normalize(_centres(batch["target_w2c"][b][j].double()), dim=-1)
+    inputs = torch.nn.functional.normalize(camera_centers(batch["input_w2c"][b].double()), dim=-1)
+    target = torch.nn.functional.normalize(camera_centers(batch["target_w2c"][b][j].double()), dim=-1)
     return int(torch.argmax(inputs @ target))
 
 

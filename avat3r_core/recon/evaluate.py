@@ -24,7 +24,7 @@ from avat3r_core.recon.baselines import camera_mean_images, nearest_input_view, 
 from avat3r_core.recon.checkpoint import load_checkpoint, load_model_weights
 from avat3r_core.recon.data import Avat3rShardDataset
 from avat3r_core.recon.model import Avat3rModel, ModelConfig
-from avat3r_core.recon.predict import render_supervision, to_device
+from avat3r_core.recon.predict import image_grid, render_supervision, to_device, to_uint8
 from avat3r_core.render import render
 from avat3r_core.store.atomic import atomic_path, write_json_atomic
 
@@ -47,14 +47,6 @@ def _score(pred: torch.Tensor, target: torch.Tensor) -> dict[str, list[float]]:
     return {"psnr": psnr(pred, target).tolist(), "ssim": ssim(pred, target).tolist()}
 
 
-def _grid(rows: list[torch.Tensor], max_views: int = 4) -> np.ndarray:
-    """Rows of (N, 3, H, W) images -> one uint8 (rows*H, k*W, 3) picture."""
-    k = min(max_views, rows[0].shape[0])
-    lines = [torch.cat(list(row[:k].float().clamp(0, 1).cpu()), dim=-1) for row in rows]
-    picture = torch.cat(lines, dim=-2).permute(1, 2, 0).numpy()
-    return (picture * 255.0 + 0.5).astype(np.uint8)
-
-
 @torch.no_grad()
 def evaluate_heldout(
     model_path: str | Path,
@@ -74,11 +66,9 @@ def evaluate_heldout(
     train_cfg: Mapping[str, Any] = config["train"]
     threshold = float(config["model"]["confidence_threshold"])
     background = torch.tensor(train_cfg["background"], dtype=torch.float32, device=device)
-    probe = Avat3rShardDataset(index, split=split, n_views=train_cfg["n_views"], seed=seed)
-    n_cameras = max(len(s.supervision_cameras) for s in probe.subjects)
-    dataset = Avat3rShardDataset(
-        index, split=split, n_views=train_cfg["n_views"], n_supervision=n_cameras, seed=seed
-    )
+    dataset = Avat3rShardDataset(index, split=split, n_views=train_cfg["n_views"], seed=seed)
+    # Every valid supervision camera of a target timestep is scored: pad to the largest camera count.
+    dataset.n_supervision = max(len(s.supervision_cameras) for s in dataset.subjects)
     means = camera_mean_images(Avat3rShardDataset(index, split="train", n_views=train_cfg["n_views"]))
     items = range(len(dataset) if max_items is None else min(max_items, len(dataset)))
     scores: dict[str, dict[str, list[float]]] = {m: {"psnr": [], "ssim": []} for m in METHODS}
@@ -123,7 +113,7 @@ def evaluate_heldout(
                     values
                 )
         if grid is None:
-            grid = _grid([out.target, out.pred, all_views, nearest, mean])
+            grid = to_uint8(image_grid([out.target, out.pred, all_views, nearest, mean])[None])[0]
     summary = {
         "split": split,
         "items": len(items),

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from avat3r_core.render import Gaussians, render
@@ -68,6 +69,19 @@ def render_supervision(
         target_alpha=batch["target_alpha"][b][valid],
         n_gaussians=int(gaussians.means.shape[0]),
     )
+
+
+def image_grid(rows: list[torch.Tensor], max_views: int = 4) -> torch.Tensor:
+    """Rows of (N, 3, H, W) images in [0, 1] -> one (3, rows*H, k*W) CPU picture of the first k views."""
+    k = min(max_views, rows[0].shape[0])
+    lines = [torch.cat(list(row[:k].detach().float().clamp(0, 1).cpu()), dim=-1) for row in rows]
+    return torch.cat(lines, dim=-2)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (n, 3, H, W) in [0, 1] -> uint8 (n, H, W, 3), rounded."""
+    array = images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    return (array * 255.0 + 0.5).astype(np.uint8)
 
 
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:

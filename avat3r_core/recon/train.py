@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import signal
 import time
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from avat3r_core.errors import Avat3rError
+from avat3r_core.metrics.image import psnr
 from avat3r_core.recon.checkpoint import (
     CheckpointError,
     config_differences,
@@ -53,7 +53,7 @@ from avat3r_core.recon.distributed import (
 )
 from avat3r_core.recon.losses import PhotometricLoss
 from avat3r_core.recon.model import Avat3rModel, ModelConfig
-from avat3r_core.recon.predict import SampleRender, render_supervision, to_device
+from avat3r_core.recon.predict import SampleRender, image_grid, render_supervision, to_device
 from avat3r_core.recon.sampling import EpochIndexed, StepSampler
 
 log = logging.getLogger("avat3r.train")
@@ -162,17 +162,16 @@ def _is_oom(error: BaseException) -> bool:
 
 
 def _psnr(render: SampleRender) -> float:
-    mse = float(((render.pred.detach().float() - render.target.float()) ** 2).mean())
-    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+    """PSNR of the mean squared error over all of a sample's supervision views (one pooled image)."""
+    pooled = [image.detach().float().flatten(0, 1)[None] for image in (render.pred, render.target)]
+    return float(psnr(*pooled))
 
 
 def comparison_grid(render: SampleRender, max_views: int = 4) -> torch.Tensor:
     """(3, 3H, kW) image: ground truth over prediction over absolute error, for k supervision views."""
-    k = min(max_views, render.pred.shape[0])
-    gt, pred = render.target[:k].float().cpu(), render.pred[:k].detach().float().cpu().clamp(0, 1)
-    error = (gt - pred).abs().mean(1, keepdim=True).expand_as(gt).clamp(0, 1)
-    rows = [torch.cat(list(images), dim=-1) for images in (gt, pred, error)]
-    return torch.cat(rows, dim=-2)
+    gt, pred = render.target.float(), render.pred.detach().float().clamp(0, 1)
+    error = (gt - pred).abs().mean(1, keepdim=True).expand_as(gt)
+    return image_grid([gt, pred, error], max_views)
 
 
 class Trainer:
