@@ -10,7 +10,10 @@ Floor and stages alternate --repeats times and the fastest of each counts. Times
 process (all its threads), so images/s are per core and other work on the machine does not inflate them;
 wall seconds are printed beside. One more, instrumented run of the stages splits their CPU time into
 components (exclusive: an encode inside a shard write counts as encode), and the overhead is also given
-without the matte compute and without the codec encodes, so the cost of each can be read off.
+without the matte compute and without the codec encodes, so the cost of each can be read off. The matte's
+IoU against the true alpha (synthetic capture) is printed last, from the stores of the timed runs.
+--zstd-level, --avif-speed and --avif-subsampling try other codec settings for the image arrays (this script
+only; the stores' defaults are codecs.IMAGE_ZSTD_LEVEL, AVIF_SPEED and 4:4:4).
 Usage: python benchmarks/preprocess.py [--backend dataset] [--supervision-codec zstd] [--repeats 3]
 """
 
@@ -27,11 +30,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import PIL.AvifImagePlugin
 import zarr
 from PIL import Image
 
 import avat3r_core.stages.crop as crop_stage
+import avat3r_core.store.codecs as codecs
 import avat3r_core.store.manifest as manifest
 import avat3r_core.store.zarr_store as zarr_store
 from avat3r_core.capture.ava256 import Ava256Capture
@@ -44,7 +49,8 @@ from avat3r_core.stages.frames import select_frames
 from avat3r_core.stages.index import CaptureIndex
 from avat3r_core.stages.matting import needed_images, run_matting
 from avat3r_core.stages.views import select_views
-from avat3r_core.store.codecs import AvifCodec
+from avat3r_core.store.codecs import SUBSAMPLINGS, AvifCodec
+from avat3r_core.store.zarr_store import open_store
 
 # (label, owner, attribute): what the instrumented run times. Attributes missing in this version of the code
 # are skipped (the breakdown then has fewer rows and more in "other").
@@ -52,14 +58,13 @@ COMPONENTS: list[tuple[str, Any, str]] = [
     ("decode images (AVIF)", Ava256Capture, "image"),
     ("decode masks (AVIF)", Ava256Capture, "mask"),
     ("matte compute", PlateDifferenceMatter, "__call__"),
+    ("composite + cut crops", crop_stage, "_premultiplied_box"),
     ("composite + cut crops", crop_stage, "_cut"),
     ("composite + cut crops", crop_stage, "_cut_into"),
     ("read alpha back (crop stage)", getattr(crop_stage, "_MattingStore", None), "alpha_uint8"),
     ("read alpha back (crop stage)", getattr(crop_stage, "_MattingStore", None), "get"),
     ("encode zstd", zarr_store, "_zstd_encode"),
     ("encode AVIF", AvifCodec, "encode_pixels"),
-    ("checksums (sha256)", getattr(zarr_store, "ContentHash", None), "add"),
-    ("checksums (sha256)", getattr(zarr_store, "ContentHash", None), "hexdigest"),
     ("checksums (sha256)", manifest, "stored_checksum"),
     ("checksums (sha256)", manifest, "array_checksum"),
     ("shard assembly + file writes", zarr_store, "_write_shards"),
@@ -120,7 +125,30 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating floor/stages runs; best counts")
     parser.add_argument("--threads", type=int, default=1, help="AVIF decoder and zarr codec pool threads")
     parser.add_argument("--capture", type=Path, help="reuse (or generate and keep) the capture here")
+    parser.add_argument("--zstd-level", type=int, help=f"image arrays (default {codecs.IMAGE_ZSTD_LEVEL})")
+    parser.add_argument(
+        "--avif-speed", type=int, help=f"AVIF supervision crops (default {codecs.AVIF_SPEED})"
+    )
+    parser.add_argument(
+        "--avif-subsampling", choices=SUBSAMPLINGS, help="AVIF supervision crops (default 4:4:4)"
+    )
     args = parser.parse_args()
+    if args.zstd_level is not None:
+        codecs.IMAGE_ZSTD_LEVEL = args.zstd_level
+    avif_options = {
+        key: value
+        for key, value in (("speed", args.avif_speed), ("subsampling", args.avif_subsampling))
+        if value is not None
+    }
+    if avif_options:
+        default_image_codecs = zarr_store.image_codecs
+
+        def image_codecs(codec: str, quality: int = 90) -> tuple[Any, ...]:
+            if codec == "avif":
+                return (AvifCodec(quality=quality, **avif_options),)
+            return default_image_codecs(codec, quality)
+
+        zarr_store.image_codecs = image_codecs
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     PIL.AvifImagePlugin.DEFAULT_MAX_THREADS = args.threads  # default: every core, per decode
     zarr.config.set({"threading.max_workers": args.threads})
@@ -197,6 +225,7 @@ def main() -> None:
             instrumented, _ = timed(stages)
         finally:
             breakdown.restore()
+        ious = matte_ious(out / "matting.zarr", gt / subject) if (gt / subject).is_dir() else []
 
     n = len(todo)
     floor_cpu, floor_wall = min(floors)
@@ -217,6 +246,15 @@ def main() -> None:
     print(
         f"one process, {args.threads} thread(s) for AVIF decoding and zarr's codec pool, best of "
         f"{args.repeats}; CPU seconds of the process (img/s per core), wall seconds beside"
+    )
+    print(
+        f"image arrays zstd level {codecs.IMAGE_ZSTD_LEVEL}"
+        + (
+            f"; AVIF speed {avif_options.get('speed', codecs.AVIF_SPEED)}, "
+            f"subsampling {avif_options.get('subsampling', '4:4:4')}"
+            if args.supervision_codec == "avif"
+            else ""
+        )
     )
     print(f"{'':30}{'CPU s':>8}{'ms/img':>9}{'img/s':>8}{'wall s':>9}")
     for name, (cpu, wall) in [
@@ -246,6 +284,26 @@ def main() -> None:
     for label, seconds in rows:
         print(f"  {label:50}{seconds / n * 1e3:7.2f}{100 * seconds / instrumented:6.0f}%")
     print(f"  {'floor, for comparison':50}{floor_cpu / n * 1e3:7.2f}")
+    if ious:
+        print(
+            f"\nmatte vs true alpha (> 127): IoU mean {np.mean(ious):.4f}, min {np.min(ious):.4f} "
+            f"over {len(ious)} images"
+        )
+
+
+def matte_ious(store: Path, truth: Path) -> list[float]:
+    """IoU (alpha > 127) of every valid stored alpha against the synthetic capture's true alpha."""
+    group = open_store(store)
+    frame_ids = [int(f) for f in np.load(truth / "head_pose.npz")["frame_ids"]]
+    frames, valid = [int(f) for f in group["frames"][...]], group["valid"][...]
+    ious = []
+    for c, camera in enumerate(str(c) for c in group["camera_ids"][...]):
+        true_alpha = np.load(truth / f"cam{camera}.npz")["alpha"]
+        for t in np.flatnonzero(valid[c]):
+            pred, true = group["alpha"][c, t] > 127, true_alpha[frame_ids.index(frames[t])] > 127
+            union = np.count_nonzero(pred | true)
+            ious.append(np.count_nonzero(pred & true) / union if union else 1.0)
+    return ious
 
 
 if __name__ == "__main__":

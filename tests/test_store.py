@@ -14,7 +14,7 @@ import avat3r_core
 from avat3r_core.cli import main
 from avat3r_core.errors import Avat3rError
 from avat3r_core.store.codecs import AVIF_CODEC_NAME, AvifCodec
-from avat3r_core.store.manifest import array_checksum, read_manifest, verify_store
+from avat3r_core.store.manifest import array_checksum, read_manifest, stored_checksum, verify_store
 from avat3r_core.store.zarr_store import StoreError, open_store, read_block, store_attrs, write_store
 
 CONFIG = {"crop": {"input_size": 512, "supervision_size": 667}, "seed": 3}
@@ -268,18 +268,28 @@ def test_manifest_lists_every_array(example_store: Path) -> None:
     assert rgb["codecs"] == ["sharding_indexed[bytes,zstd]"]
     assert arrays["rgb_avif"]["codecs"] == [f"sharding_indexed[{AVIF_CODEC_NAME}]"]
     assert arrays["K"]["shards"] is None and arrays["camera_ids"]["dtype"] == "<U6"
-    # The checksum is over decoded pixels: the same pixels stored another way give the same checksum.
-    assert len(rgb["sha256"]) == 64
+    # Image arrays are checked by their stored bytes, small arrays by their decoded content.
+    assert rgb["checksum"] == "stored" and len(rgb["sha256"]) == 64
+    assert arrays["K"]["checksum"] == "decoded" and arrays["valid"]["checksum"] == "decoded"
     assert verify_store(example_store) == []
 
 
-def test_checksum_does_not_depend_on_codec_or_chunking(tmp_path: Path) -> None:
+def test_decoded_checksum_does_not_depend_on_codec_or_chunking(tmp_path: Path) -> None:
     images = image_stack(2, 3, 8, 8)
     with write_store(tmp_path / "s.zarr", stage="crop", subject="S001", config={}) as writer:
         writer.create_images("sharded", images.shape)[...] = images
         writer.write_array("one_chunk", images)
+    group = open_store(tmp_path / "s.zarr")
     arrays = read_manifest(tmp_path / "s.zarr")["arrays"]
-    assert arrays["sharded"]["sha256"] == arrays["one_chunk"]["sha256"]
+    sharded = array_checksum(group["sharded"], name="sharded", path=tmp_path / "s.zarr")
+    assert arrays["one_chunk"]["checksum"] == "decoded" and arrays["one_chunk"]["sha256"] == sharded
+    assert arrays["sharded"]["checksum"] == "stored" and arrays["sharded"]["sha256"] != sharded
+
+
+def test_verify_catches_a_swapped_lossless_shard(example_store: Path) -> None:
+    # A valid zstd shard of another camera: every frame checksum passes, the stored checksum does not.
+    shutil.copyfile(example_store / "rgb" / "c.0.0.0.0.0", example_store / "rgb" / "c.2.0.0.0.0")
+    assert verify_store(example_store) == ["rgb"]
 
 
 def test_verify_catches_a_flipped_byte_in_a_shard(example_store: Path) -> None:
@@ -406,23 +416,24 @@ def test_read_block_matches_zarr_and_names_a_damaged_shard(tmp_path: Path) -> No
     assert str(tmp_path / "s.zarr") in str(caught.value)
 
 
-def test_checksums_taken_while_writing_equal_a_re_read(tmp_path: Path) -> None:
+def test_image_arrays_written_any_way_get_stored_checksums(tmp_path: Path) -> None:
     images = image_stack(3, 4, 8, 8)
     with write_store(tmp_path / "s.zarr", stage="crop", subject="S001", config={}) as writer:
         writer.create_images("in_order", images.shape, images_per_shard=2)[1, 2:4] = images[1, 2:4]
         backwards = writer.create_images("backwards", images.shape)
         backwards[2] = images[2]
-        backwards[0] = images[0]  # out of C order: this array is read back at close instead
-        writer.create_images("stepped", images.shape)[::2] = images[::2]  # not a box: read back
+        backwards[0] = images[0]
+        writer.create_images("stepped", images.shape)[::2] = images[::2]  # not a box: zarr writes it
         writer.create_images("scalar", images.shape)[1] = 7
         writer.create_images("partial", images.shape)[0, 1, 2:5] = images[0, 1, 2:5]  # partial shard: zarr
-        assert set(writer.checksums()) == {"in_order", "scalar", "partial"}
+        assert writer.checksums() == {}
     group = open_store(tmp_path / "s.zarr")
     entries = read_manifest(tmp_path / "s.zarr")["arrays"]
     for name, entry in entries.items():
-        assert entry["checksum"] == "decoded"
-        assert entry["sha256"] == array_checksum(group[name], name=name, path=tmp_path / "s.zarr"), name
+        assert entry["checksum"] == "stored", name
+        assert entry["sha256"] == stored_checksum(tmp_path / "s.zarr", name), name
     np.testing.assert_array_equal(group["in_order"][1, 2:4], images[1, 2:4])
+    np.testing.assert_array_equal(group["backwards"][0], images[0])
     assert (group["scalar"][1] == 7).all() and not group["scalar"][0].any()
     assert verify_store(tmp_path / "s.zarr") == []
 

@@ -75,15 +75,31 @@ def alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:
 
 def premultiply(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """``composite_on_black(image, alpha / 255)`` for uint8 (H, W, 3) `image` and uint8 (H, W) `alpha`, bit
-    for bit, at about a third of the cost: Pillow's masked composite over black computes round(v * a / 255)
-    in integers, which is what the float32 path rounds to for every one of the 256 x 256 (value, alpha) pairs
-    (a tie is impossible: v * a / 255 is never k + 1/2); the tests check all of them.
+    for bit, at a fraction of the cost: the float32 path rounds to round(v * a / 255) for every one of the
+    256 x 256 (value, alpha) pairs (a tie is impossible: v * a / 255 is never k + 1/2), which integers give
+    exactly as ``(x + 128 + ((x + 128) >> 8)) >> 8`` with x = v * a; the tests check all of them.
+
+    Mattes are 0 or 255 almost everywhere: those pixels are a bitwise AND with a 0x00/0xFF mask, and only
+    the fractional ones (an edge: ~1% of a head crop) are multiplied. A matte that is mostly fractional goes
+    through Pillow's masked composite over black (the same integer rounding) on the bytes as one channel.
     """
     image, alpha = np.asarray(image), np.asarray(alpha)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
     if alpha.dtype != np.uint8 or alpha.shape != image.shape[:2]:
         raise ValueError(f"alpha must be uint8 {image.shape[:2]}, got {alpha.dtype} {alpha.shape}")
-    source = Image.fromarray(np.ascontiguousarray(image))
-    black = Image.new("RGB", source.size)
-    return np.asarray(Image.composite(source, black, Image.fromarray(np.ascontiguousarray(alpha))))
+    height, width = alpha.shape
+    values = np.ascontiguousarray(image).reshape(height, width * 3)
+    flat = alpha.reshape(-1)
+    edge = np.flatnonzero(flat - np.uint8(1) < np.uint8(254))  # 0 < alpha < 255 (uint8 wraps 0 to 255)
+    if edge.size * 8 > flat.size:
+        source, mask = Image.fromarray(values), Image.fromarray(np.repeat(alpha, 3, axis=1))
+        return np.asarray(Image.composite(source, Image.new("L", source.size), mask)).reshape(image.shape)
+    keep = np.repeat(alpha == 255, 3, axis=1).view(np.uint8)
+    keep *= np.uint8(255)
+    out = np.bitwise_and(values, keep, out=keep).reshape(image.shape)
+    if edge.size:
+        x = values.reshape(-1, 3)[edge].astype(np.uint16) * flat[edge, None]
+        x += 128
+        out.reshape(-1, 3)[edge] = (x + (x >> 8)) >> 8
+    return out

@@ -31,6 +31,12 @@ Ava-256 ships a clean plate per camera (the empty dome seen through the same len
 
 All morphology is border-aware: the subject routinely leaves the frame at the bottom (neck, shoulders), so
 erosions treat outside-the-image as foreground (border_value=1) and do not eat the subject at the border.
+
+Speed: steps 1-4 are whole-image filters (~90 ms at the 4TB release's 1024x667 with scipy). Images at least
+twice `work_height` (256) tall run them on factor x factor block means instead (the size the defaults were
+tuned at), and only the cells along the coarse edge go back to full resolution, where step 5's projection
+decides the edge pixel by pixel (`_matte_reduced`): ~8-11 ms per 1024x667 image, IoU 0.993 against the true
+alpha on the synthetic capture (0.998 with every step at full resolution, `work_height: 0`).
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
+
+from avat3r_core.matting.composite import alpha_to_uint8
 
 # BT.601 full-range RGB -> YCbCr (without the +128 offset: only differences are used).
 _YCBCR = np.array(
@@ -102,6 +111,13 @@ class PlateDifferenceParams:
     """Foreground/plate contrast (levels) below which the projection is not trusted; full trust at 2x."""
     black_level: int = 8
     """An image whose pixels are all <= this is a black (dropped) frame: the result is all zeros."""
+    work_height: int = 256
+    """Steps 1-4 run on a box-averaged copy about this many pixels tall (a factor H // work_height, when it is
+    2 or more), where the defaults were tuned; only the cells along the detected edge are then re-decided and
+    soft-edged at full resolution (`_matte_reduced`; where the foreground/plate contrast is too low for the
+    projection, the soft edge is the bilinearly upsampled coarse mask there, whatever `edge_sigma`). 0 runs
+    every step at full resolution: ~10x slower at the 4TB release's 1024 px, the reference the tests compare
+    with."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -124,6 +140,7 @@ class PlateDifferenceParams:
             "edge_chroma_weight": self.edge_chroma_weight >= 0,
             "edge_min_contrast": self.edge_min_contrast > 0,
             "black_level": 0 <= self.black_level < 255,
+            "work_height": int(self.work_height) == self.work_height and self.work_height >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -230,18 +247,20 @@ def _select_components(low: np.ndarray, high: np.ndarray, params: PlateDifferenc
 
 
 def _detect(
-    image: np.ndarray, plate: np.ndarray, params: PlateDifferenceParams
+    image: np.ndarray, plate: np.ndarray, params: PlateDifferenceParams, gain_samples: int = 65536
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Steps 1-4: the binary foreground (H, W) and the fitted plate gain (3,); empty for a black frame."""
+    """Steps 1-4: the binary foreground (H, W) and the fitted plate gain (3,); empty for a black frame.
+
+    The gain is fitted on a strided subset of about `gain_samples` pixels (at least every pixel)."""
     height, width = image.shape[:2]
     ones = np.ones(3, np.float32)
     if int(image.max(initial=0)) <= params.black_level:
         return np.zeros((height, width), dtype=bool), ones
     gain = ones
     if params.compensate_gain and params.max_gain_change > 0:
-        # A first pass on a strided subset (~64k pixels) finds background-looking pixels: clearly below a
-        # generous threshold; the median ratio over them ignores the foreground that leaks in.
-        step = max(1, int(np.sqrt(height * width / 65536)))
+        # A first pass on a strided subset (~gain_samples pixels) finds background-looking pixels: clearly
+        # below a generous threshold; the median ratio over them ignores the foreground that leaks in.
+        step = max(1, int(np.sqrt(height * width / gain_samples)))
         small_img, small_plate = image[::step, ::step], plate[::step, ::step]
         small = _distance(small_img, small_plate, ones, params)
         small_border = _border_mask(*small.shape, params.border_fraction)
@@ -344,6 +363,184 @@ def soften(mask: np.ndarray, sigma: float) -> np.ndarray:
     return alpha
 
 
+def _reduce(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor blocks (a partial block at the right or bottom edge averages what it has)."""
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).reduce(factor))
+
+
+def _bilinear(grid: np.ndarray, rows: np.ndarray, cols: np.ndarray, factor: int) -> np.ndarray:
+    """The coarse `grid` (h, w) sampled bilinearly at full-resolution pixel rows (n, f, 1) and cols (n, 1, f):
+    cell (i, j) covers pixels [i f, (i + 1) f) x [j f, (j + 1) f), its value sits at the cell's centre."""
+    h, w = grid.shape
+
+    def weights(index: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        position = (index + 0.5) / factor - 0.5
+        low = np.floor(position)
+        frac = (position - low).astype(np.float32)
+        low = low.astype(np.intp)
+        return np.clip(low, 0, size - 1), np.clip(low + 1, 0, size - 1), frac
+
+    r0, r1, fr = weights(rows, h)
+    c0, c1, fc = weights(cols, w)
+    top = grid[r0, c0] * (1 - fc) + grid[r0, c1] * fc
+    bottom = grid[r1, c0] * (1 - fc) + grid[r1, c1] * fc
+    return top * (1 - fr) + bottom * fr
+
+
+def _erode_square(patches: np.ndarray, radius: int) -> np.ndarray:
+    """Erosion by a (2 radius + 1)^2 square of `patches` (n, h, w), separable; the result is 2 radius smaller
+    on each axis (only the pixels whose whole window is inside the patch)."""
+    h, w = patches.shape[1:]
+    rows = patches[:, : h - 2 * radius].copy()
+    for d in range(1, 2 * radius + 1):
+        rows &= patches[:, d : h - 2 * radius + d]
+    out = rows[:, :, : w - 2 * radius].copy()
+    for d in range(1, 2 * radius + 1):
+        out &= rows[:, :, d : w - 2 * radius + d]
+    return out
+
+
+def _dilate_cross(patches: np.ndarray, radius: int) -> np.ndarray:
+    """Dilation of `patches` (n, h, w) by the 3x3 cross `radius` times (a diamond), 2 radius smaller."""
+    for _ in range(radius):
+        centre = patches[:, 1:-1, 1:-1]
+        patches = (
+            centre
+            | patches[:, :-2, 1:-1]
+            | patches[:, 2:, 1:-1]
+            | patches[:, 1:-1, :-2]
+            | patches[:, 1:-1, 2:]
+        )
+    return patches
+
+
+def _box_sums(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, radius: int) -> np.ndarray:
+    """Sums of `values` (c, h, w) over the (2 radius + 1)^2 windows centred on (rows, cols), clipped to the
+    grid (zero padding), gathered for those cells only (a few per cent of the grid): (n, c)."""
+    padded = np.pad(values, ((0, 0), (radius, radius), (radius, radius)))
+    size = 2 * radius + 1
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (size, size), axis=(1, 2))
+    return windows[:, rows, cols].sum(axis=(2, 3)).T
+
+
+def _matte_reduced(
+    image: np.ndarray,
+    plate: np.ndarray,
+    params: PlateDifferenceParams,
+    factor: int,
+    small_plate: np.ndarray | None = None,
+) -> np.ndarray:
+    """`plate_difference_matte` with steps 1-4 on factor x factor block means (the image and the plate, so the
+    whole detection costs what it does at ~256 px), and full-resolution work only near the edge:
+
+    - the cells within one cell of the coarse mask's edge are the only ones whose pixels can be either side of
+      the true edge; there, alpha is re-estimated per pixel by the colour projection of step 5 (F the local
+      mean colour of the certain foreground, from the coarse grid; low contrast falls back on the bilinearly
+      upsampled coarse mask), and the full-resolution binary mask is alpha >= 0.5;
+    - as in step 5, the projected alpha is kept in a band of `edge_band` px around that binary edge, and
+      everything else is exactly 0 or 1 (the coarse mask away from the edge).
+
+    Returns the uint8 alpha (what the stores hold: `alpha_to_uint8` of the float alpha, computed only where
+    it is fractional). `small_plate` is `_reduce(plate, factor)` when the caller has it (one per camera).
+    """
+    height, width = image.shape[:2]
+    small = _reduce(image, factor)
+    if small_plate is None:
+        small_plate = _reduce(plate, factor)
+    mask, gain = _detect(small, small_plate, params, gain_samples=10000)
+    if not mask.any():
+        return np.zeros((height, width), dtype=np.uint8)
+    inner = ndimage.binary_erosion(mask, _SQUARE, border_value=1)
+    near = ndimage.binary_dilation(mask, _SQUARE) & ~inner
+    ys, xs = np.nonzero(near)
+    # Local foreground colour per edge cell: mean colour of the certain (eroded) coarse foreground in a 5x5
+    # window of cells (it reaches two cells past the edge cell, into the certain foreground).
+    layers = np.empty((4, *mask.shape), dtype=np.float32)
+    layers[:3] = np.moveaxis(small, -1, 0)
+    layers[:3] *= inner
+    layers[3] = inner
+    sums = _box_sums(layers, ys, xs, 2)
+    has_fg = sums[:, 3] > 0.5
+    fg = (sums[:, :3] / np.maximum(sums[:, 3:], 1.0)).astype(np.float32)
+
+    steps = np.arange(factor)
+    rows = np.minimum(ys[:, None] * factor + steps, height - 1)[:, :, None]  # (n, f, 1)
+    cols = np.minimum(xs[:, None] * factor + steps, width - 1)[:, None, :]  # (n, 1, f)
+    flat = rows * width + cols
+    bg = np.take(plate.reshape(-1, 3), flat, axis=0).astype(np.float32)
+    bg *= gain
+    diff = np.take(image.reshape(-1, 3), flat, axis=0).astype(np.float32)
+    diff -= bg
+    towards = fg[:, None, None, :] - bg
+    # The metric of step 5 (YCbCr, chroma down-weighted) as one 3x3 form in RGB.
+    metric = np.array([1.0, params.edge_chroma_weight, params.edge_chroma_weight], np.float32)
+    weighted = towards @ (_YCBCR.T @ (metric[:, None] * _YCBCR))
+    f_norm2 = np.einsum("nijc,nijc->nij", weighted, towards)
+    proj = np.einsum("nijc,nijc->nij", weighted, diff) / np.maximum(f_norm2, 1e-6)
+    lo, hi = params.edge_min_contrast, 2.0 * params.edge_min_contrast
+    confidence = np.clip((np.sqrt(f_norm2) - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * has_fg[:, None, None]
+    fallback = _bilinear(mask.astype(np.float32), rows, cols, factor)
+    alpha_near = confidence * np.clip(proj, 0.0, 1.0) + (1.0 - confidence) * fallback
+
+    full = np.repeat(np.repeat(mask, factor, axis=0), factor, axis=1)[:height, :width]
+    full[rows, cols] = alpha_near >= 0.5
+    radius = params.edge_band
+    if radius > 0:
+        # Band of step 5 around the full-resolution edge: dilation (cross) minus erosion (square) of the
+        # binary mask, on patches of the edge cells with a halo (outside the image counts as foreground for
+        # the erosion: the clipped index repeats the border pixel, alike where the mask touches the border).
+        halo_steps = np.arange(-radius, factor + radius)
+        prow = np.clip(ys[:, None] * factor + halo_steps, 0, height - 1)[:, :, None]
+        pcol = np.clip(xs[:, None] * factor + halo_steps, 0, width - 1)[:, None, :]
+        patches = full[prow, pcol]
+        band = _dilate_cross(patches, radius) & ~_erode_square(patches, radius)
+        alpha_near = np.where(band, alpha_near, full[rows, cols])
+    else:
+        alpha_near = alpha_near >= 0.5
+    alpha = full.view(np.uint8) * np.uint8(255)
+    alpha[rows, cols] = alpha_to_uint8(alpha_near.astype(np.float32, copy=False))
+    return alpha
+
+
+def reduction_factor(height: int, params: PlateDifferenceParams) -> int:
+    """The block size steps 1-4 run at for images `height` px tall (1: full resolution)."""
+    return max(1, height // params.work_height) if params.work_height > 0 else 1
+
+
+def plate_difference_alpha(
+    image: np.ndarray,
+    plate: np.ndarray,
+    params: PlateDifferenceParams | None = None,
+    *,
+    small_plate: np.ndarray | None = None,
+) -> np.ndarray:
+    """The stored alpha: uint8 (H, W), ``alpha_to_uint8(plate_difference_matte(image, plate, params))``.
+
+    Images at least twice `params.work_height` tall are detected on block means (`_matte_reduced`, ~10 ms
+    instead of ~90 ms at 1024 x 667), which gives uint8 directly. `small_plate`: the plate reduced by
+    `reduction_factor` (`reduce_plate`), to reduce it once per camera instead of once per image.
+    """
+    params = params or PlateDifferenceParams()
+    _check_pair(image, plate)
+    factor = reduction_factor(image.shape[0], params)
+    if factor >= 2:
+        return _matte_reduced(image, plate, params, factor, small_plate)
+    return alpha_to_uint8(_matte_full(image, plate, params))
+
+
+def reduce_plate(plate: np.ndarray, params: PlateDifferenceParams) -> np.ndarray | None:
+    """The `small_plate` argument of `plate_difference_alpha` for images the plate's size (None: not used)."""
+    factor = reduction_factor(plate.shape[0], params)
+    return _reduce(plate, factor) if factor >= 2 else None
+
+
+def _matte_full(image: np.ndarray, plate: np.ndarray, params: PlateDifferenceParams) -> np.ndarray:
+    mask, gain = _detect(image, plate, params)
+    if not mask.any():
+        return np.zeros(mask.shape, dtype=np.float32)
+    return _refine_edges(image, plate, gain, mask, params)
+
+
 def plate_difference_matte(
     image: np.ndarray, plate: np.ndarray, params: PlateDifferenceParams | None = None
 ) -> np.ndarray:
@@ -351,10 +548,12 @@ def plate_difference_matte(
 
     A black frame (every value <= params.black_level) or a frame identical to the plate up to noise gives
     all zeros, without error: whether an empty matte is a skip or a failure is the stage's decision.
+    Images at least twice `params.work_height` tall are detected on block means (`_matte_reduced`), whose
+    alpha is computed in uint8: it comes back as multiples of 1/255.
     """
     params = params or PlateDifferenceParams()
     _check_pair(image, plate)
-    mask, gain = _detect(image, plate, params)
-    if not mask.any():
-        return np.zeros(mask.shape, dtype=np.float32)
-    return _refine_edges(image, plate, gain, mask, params)
+    factor = reduction_factor(image.shape[0], params)
+    if factor >= 2:
+        return _matte_reduced(image, plate, params, factor).astype(np.float32) / np.float32(255.0)
+    return _matte_full(image, plate, params)

@@ -11,7 +11,8 @@ Windows are centred on the projected head centre and padded with black where the
 Cost: each image is decoded once per job. The stage walks the cameras, and for each camera the frames any
 crop set wants in time order, and cuts the input and the supervision crops from that one decode; the alpha
 comes from the matting store a whole shard at a time, the composite is computed in integers (bit-identical
-to the float composite, `premultiply`) and every block of crops is written as one shard. The matting
+to the float composite, `premultiply`) once per image over the subject's bounding box, which all the crops of
+that image copy from, and every block of crops is written as one shard. The matting
 stage's `dataset` backend does not decode images, so blank images (`matting.bad_image`, read from the
 matting store's config) are caught here: skipped and counted, or an error.
 """
@@ -34,6 +35,9 @@ from avat3r_core.stages.matting import blank_image_error, is_blank
 from avat3r_core.store.zarr_store import StoreWriter, open_store, read_block, write_store
 
 log = logging.getLogger(__name__)
+Region = tuple[slice, slice]
+"""Rows and columns of a crop slot."""
+NOTHING: Region = (slice(0, 0), slice(0, 0))
 
 
 class _MattingStore:
@@ -115,6 +119,37 @@ def _cut(
     return rgb, alpha_to_uint8(cut_crop(matte.astype(np.float32) / 255.0, resize, resample=cfg["resample"]))
 
 
+def _fast(window: CropWindow, composite: str) -> bool:
+    """Whether `_cut_into` cuts this window by copying premultiplied pixels (no resampling, composite src)."""
+    return not window.resampled and composite == "src"
+
+
+def _premultiplied_box(
+    image: np.ndarray, alpha: np.ndarray, windows: list[CropWindow]
+) -> tuple[int, int, np.ndarray, np.ndarray] | None:
+    """(row, col, image * alpha, alpha) over the bounding box of the non-zero alpha inside the union of the
+    windows (clipped to the image), computed once for all the crops of an image; None if that is empty.
+
+    Outside the box alpha is 0, so every crop is black there; inside, a crop is a copy of this box (the input
+    and the supervision windows of an image overlap almost entirely, so compositing once saves the second).
+    """
+    height, width = alpha.shape
+    y0 = max(min(w.y0 for w in windows), 0)
+    x0 = max(min(w.x0 for w in windows), 0)
+    y1 = min(max(w.y0 + w.size for w in windows), height)
+    x1 = min(max(w.x0 + w.size for w in windows), width)
+    if y1 <= y0 or x1 <= x0:
+        return None
+    matte = alpha[y0:y1, x0:x1]
+    rows = np.flatnonzero(matte.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(matte.any(axis=0))
+    r0, r1, c0, c1 = y0 + int(rows[0]), y0 + int(rows[-1]) + 1, x0 + int(cols[0]), x0 + int(cols[-1]) + 1
+    box = alpha[r0:r1, c0:c1]
+    return r0, c0, premultiply(image[r0:r1, c0:c1], box), box
+
+
 def _cut_into(
     rgb_out: np.ndarray,
     alpha_out: np.ndarray,
@@ -124,30 +159,32 @@ def _cut_into(
     window: CropWindow,
     cfg: dict[str, Any],
     composite: str,
-) -> None:
-    """`_cut` written into zeroed output slots. Without resampling and with composite "src", only the
-    bounding box of the window's non-zero alpha is composited and copied: outside it alpha is 0, so the
-    crop is black there whatever the image holds, which the zeroed slots already are (same pixels as
-    `_cut`; a third to a half of a crop is background)."""
-    if window.resampled or composite != "src":
+    premultiplied: tuple[int, int, np.ndarray, np.ndarray] | None = None,
+) -> Region | None:
+    """`_cut` written into zeroed output slots. Without resampling and with composite "src" (`_fast`), only
+    the bounding box of the non-zero alpha is composited and copied: outside it alpha is 0, so the crop is
+    black there whatever the image holds, which the zeroed slots already are (same pixels as `_cut`; a third
+    to a half of a crop is background). `premultiplied` is `_premultiplied_box` of the image's windows (it
+    is computed here, for this window alone, when not given). Returns the region of the slots it wrote
+    (None: all of it)."""
+    if not _fast(window, composite):
         rgb_out[...], alpha_out[...] = _cut(image, alpha, foreground, window, cfg, composite)
-        return
-    height, width = alpha.shape
-    y0, x0 = max(window.y0, 0), max(window.x0, 0)
-    y1, x1 = min(window.y0 + window.size, height), min(window.x0 + window.size, width)
+        return None
+    if premultiplied is None:
+        premultiplied = _premultiplied_box(image, alpha, [window])
+        if premultiplied is None:
+            return NOTHING
+    r0, c0, rgb, box = premultiplied
+    y0, x0 = max(window.y0, r0), max(window.x0, c0)
+    y1 = min(window.y0 + window.size, r0 + box.shape[0])
+    x1 = min(window.x0 + window.size, c0 + box.shape[1])
     if y1 <= y0 or x1 <= x0:
-        return  # the window misses the image: all black
-    matte = alpha[y0:y1, x0:x1]
-    rows = np.flatnonzero(matte.any(axis=1))
-    if rows.size == 0:
-        return
-    cols = np.flatnonzero(matte.any(axis=0))
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    box = matte[r0:r1, c0:c1]
-    top, left = y0 - window.y0 + r0, x0 - window.x0 + c0
-    target = (slice(top, top + r1 - r0), slice(left, left + c1 - c0))
-    alpha_out[target] = box
-    rgb_out[target] = premultiply(image[y0 + r0 : y0 + r1, x0 + c0 : x0 + c1], box)
+        return NOTHING  # the window misses the subject: all black
+    source = (slice(y0 - r0, y1 - r0), slice(x0 - c0, x1 - c0))
+    target = (slice(y0 - window.y0, y1 - window.y0), slice(x0 - window.x0, x1 - window.x0))
+    alpha_out[target] = box[source]
+    rgb_out[target] = rgb[source]
+    return target
 
 
 class _CropSet:
@@ -189,9 +226,11 @@ class _CropSet:
         self._camera = -1
         self._pending: dict[int, int] = {}  # block -> wanted crops not done yet (current camera)
         self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # block -> (rgbs, alphas) being filled
-        self._spare: list[
-            tuple[np.ndarray, np.ndarray]
-        ] = []  # written blocks' buffers, reused (no page faults)
+        # block -> (column in block, region written or None for the whole slot): what to zero on reuse
+        self._dirty: dict[int, list[tuple[int, Region | None]]] = {}
+        # written blocks' buffers and what was written into them, reused (no page faults; only the written
+        # regions are zeroed again, not the whole block: a third to a half of a crop is never written)
+        self._spare: list[tuple[np.ndarray, np.ndarray, list[tuple[int, Region | None]]]] = []
 
     def begin_camera(self, camera: str) -> list[tuple[int, int]]:
         """(frame, column) of every crop this set wants from `camera`."""
@@ -210,19 +249,25 @@ class _CropSet:
         if b not in self._buffers:
             span = min(self.block, len(self.frames) - b * self.block)
             shape = (span, self.size, self.size)
-            spare = next((i for i, (_, a) in enumerate(self._spare) if a.shape == shape), None)
+            spare = next((i for i, (_, a, _) in enumerate(self._spare) if a.shape == shape), None)
             if spare is None:
                 buffers = (np.zeros((*shape, 3), dtype=np.uint8), np.zeros(shape, dtype=np.uint8))
             else:
-                buffers = self._spare.pop(spare)
-                for buffer in buffers:
-                    buffer.fill(0)
+                rgbs, alphas, dirty = self._spare.pop(spare)
+                for i, region in dirty:
+                    where = (i,) if region is None else (i, *region)
+                    rgbs[where], alphas[where] = 0, 0
+                buffers = (rgbs, alphas)
             self._buffers[b] = buffers
+            self._dirty[b] = []
         rgbs, alphas = self._buffers[b]
         return rgbs[t - b * self.block], alphas[t - b * self.block]
 
-    def put(self, t: int, camera: Camera, window: CropWindow) -> None:
-        """The crop of column `t` is in its slots: record its camera and window."""
+    def put(self, t: int, camera: Camera, window: CropWindow, written: Region | None = None) -> None:
+        """The crop of column `t` is in its slots: record its camera and window. `written`: the region of the
+        slots that was written (None: maybe all of it), zeroed again before the buffers are reused."""
+        b = t // self.block
+        self._dirty[b].append((t - b * self.block, written))
         c = self._camera
         self.K[c, t], self.w2c[c, t] = camera.K, camera.w2c
         self.windows[c, t] = (window.x0, window.y0, window.size, window.out_size)
@@ -237,11 +282,12 @@ class _CropSet:
             return
         del self._pending[b]
         buffers = self._buffers.pop(b, None)
+        dirty = self._dirty.pop(b, [])
         if buffers is not None:  # a block without a valid crop stays unwritten: zeros, like the fill value
             start = b * self.block
             self.rgb[self._camera, start : start + len(buffers[0])] = buffers[0]
             self.alpha[self._camera, start : start + len(buffers[1])] = buffers[1]
-            self._spare.append(buffers)
+            self._spare.append((*buffers, dirty))
 
     def write_small(self, store: StoreWriter) -> int:
         kind = self.kind
@@ -310,13 +356,20 @@ def run_crop(
                 alpha = matting.alpha_uint8(camera, frame)
                 foreground = matting.foreground_float(camera, frame) if composite == "fgr" else None
                 head_camera = index.head_centric(camera, frame)
-                for crop_set, t in crops:
+                windows = []
+                for crop_set, _ in crops:
                     vertices = None
                     if crop_set.kind == "input" and cfg["input_fit"] == "head_extent":
                         vertices = cached_mesh(reader, meshes, frame)
-                    window = _window(crop_set.kind, head_camera, index, cfg, vertices)
-                    _cut_into(*crop_set.slots(t), image, alpha, foreground, window, cfg, composite)
-                    crop_set.put(t, window.camera(head_camera), window)
+                    windows.append(_window(crop_set.kind, head_camera, index, cfg, vertices))
+                fast = [window for window in windows if _fast(window, composite)]
+                box = _premultiplied_box(image, alpha, fast) if fast else None
+                for (crop_set, t), window in zip(crops, windows, strict=True):
+                    slots = crop_set.slots(t)
+                    written = NOTHING  # the subject is outside every fast window: black
+                    if box is not None or not _fast(window, composite):
+                        written = _cut_into(*slots, image, alpha, foreground, window, cfg, composite, box)
+                    crop_set.put(t, window.camera(head_camera), window, written)
         n_input, n_sup = (crop_set.write_small(store) for crop_set in sets)
         counts = {"input_crops": n_input, "supervision_crops": n_sup, "blank": blank}
         store.set_attrs(summary=counts)

@@ -169,9 +169,14 @@ def run_matting(
                     images.append(image)
                     slots.append(frame)
                 if images:
-                    alpha, fgr = matter(np.stack(images), plate)
+                    batches = [np.stack(images)] if matter.batched else [image[None] for image in images]
+                    alpha_parts, fgr_parts = zip(*(matter(batch, plate) for batch in batches), strict=True)
+                    alpha = np.concatenate(alpha_parts) if len(alpha_parts) > 1 else alpha_parts[0]
+                    fgr = None if fgr_parts[0] is None else np.concatenate(fgr_parts)
                     for i, frame in enumerate(slots):
-                        alphas[column[frame] - start] = alpha_to_uint8(alpha[i])
+                        alphas[column[frame] - start] = (
+                            alpha[i] if alpha.dtype == np.uint8 else alpha_to_uint8(alpha[i])
+                        )
                         if fgrs is not None:
                             fgrs[column[frame] - start] = alpha_to_uint8(fgr[i])
                         valid[c, column[frame]] = True

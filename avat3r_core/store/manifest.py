@@ -4,15 +4,19 @@ Why: a store copied between clusters, half-synced, or hit by a bad disk must be 
 file sizes or times (Snakemake's `.snakemake_timestamp` only records the folder's mtime). Two kinds of
 checksum, named in each entry's "checksum" field:
 
-- "decoded" (every lossless array): a sha256 over the DECODED array bytes in C order (little-endian,
-  fixed-width unicode as UTF-32), so it does not depend on the codec or the chunking: re-encoding a store with
-  another codec or zstd level keeps it, and a reader can verify what it actually decodes. The writer hashes
-  the data as it writes it (`zarr_store.ContentHash`), so closing a store does not decode it again; arrays it
-  could not follow are read back here, a block of whole trailing axes at a time (bounded memory).
-- "stored" (lossy arrays, i.e. AVIF): a sha256 over the array's stored chunk and shard files (name, length,
-  bytes, in name order). Their decoded pixels are not known without decoding every image again (~7 ms per
-  667 px crop), and they depend on the encoder build as much as the stored bytes do. A flipped byte, a lost
-  or swapped shard changes it; `verify_store` re-hashes the files (no decoding).
+- "decoded" (the small, unsharded arrays: intrinsics, ids, validity masks): a sha256 over the DECODED array
+  bytes in C order (little-endian, fixed-width unicode as UTF-32), so it does not depend on the codec or the
+  chunking. The writer hashes the data as it writes it (`StoreWriter.write_array`); arrays it did not write
+  are read back here, a block of whole trailing axes at a time (bounded memory).
+- "stored" (image arrays, i.e. every sharded array, lossless or lossy): a sha256 over the array's stored
+  chunk and shard files (name, length, bytes, in name order). For AVIF the decoded pixels are not known
+  without decoding every image again (~7 ms per 667 px crop) and depend on the encoder build as much as the
+  stored bytes do; for zstd the stored bytes are 5-10x smaller than the decoded ones for the crops, so
+  hashing them costs a fraction (measured 1.8 -> ~0.3 ms per image in benchmarks/preprocess.py), and every
+  zstd frame carries its own checksum of the decoded content, which every read verifies. A flipped byte, a
+  lost or swapped shard changes the stored checksum; `verify_store` re-hashes the files and, for a lossless
+  array whose files changed, decodes it to name the broken chunk. The price: re-encoding an image array with
+  another codec or zstd level changes its checksum (the content did not change, the bytes did).
 
 Format 1 manifests (decoded checksums only, no "checksum" field) are still read and verified.
 
@@ -149,10 +153,15 @@ def stored_checksum(root: str | Path, name: str) -> str:
     return digest.hexdigest()
 
 
-def checksum_kind(array: zarr.Array) -> str:
-    """The checksum kind of an array: "stored" with a lossy codec, else "decoded" (module docstring)."""
+def _is_lossy(array: zarr.Array) -> bool:
     names = ",".join(codec_names(array.metadata.codecs))
-    return "stored" if any(codec in names for codec in LOSSY_CODECS) else "decoded"
+    return any(codec in names for codec in LOSSY_CODECS)
+
+
+def checksum_kind(array: zarr.Array) -> str:
+    """The checksum kind of an array: "stored" for image arrays (sharded) and lossy codecs, else "decoded"
+    (module docstring)."""
+    return "stored" if array.shards is not None or _is_lossy(array) else "decoded"
 
 
 def describe_array(
@@ -229,9 +238,10 @@ def verify_store(path: str | Path) -> list[str]:
 
     Returns the sorted names of arrays that are missing, have another shape or dtype or checksum, or are
     present but not in the manifest (a store must be exactly what its manifest says). An empty list means the
-    store is intact. Raises StoreError naming the array when a chunk of a "decoded" array cannot be decoded at
+    store is intact. Raises StoreError naming the array when a chunk of a lossless array cannot be decoded at
     all (e.g. a flipped byte inside a zstd frame), and naming the path when the store or its manifest is
-    missing. "stored" arrays are checked by re-hashing their files: any changed byte names the array.
+    missing. "stored" arrays are checked by re-hashing their files: any changed byte names the array (and a
+    lossless one whose files changed is decoded, so an unreadable chunk is named).
     """
     group = open_group_checked(path)
     expected = read_manifest(path)["arrays"]
@@ -247,6 +257,8 @@ def verify_store(path: str | Path) -> list[str]:
             continue
         if entry.get("checksum", "decoded") == "stored":
             digest = stored_checksum(path, name)
+            if digest != entry.get("sha256") and not _is_lossy(array):
+                array_checksum(array, name=name, path=path)  # StoreError naming an unreadable chunk
         else:
             digest = array_checksum(array, name=name, path=path)
         if digest != entry.get("sha256"):

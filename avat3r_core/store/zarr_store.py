@@ -25,8 +25,9 @@ crc32c at the end; tests compare the bytes with zarr's own): zarr's generic path
 the zstd encode itself (a fill-value comparison of every chunk, copies, an event-loop round trip per chunk).
 `read_block` is the matching fast read of whole shards. Anything else goes through zarr unchanged.
 
-Checksums for the manifest are taken from the data as it is written (see `ContentHash`), so closing a store
-does not read and decode it again; arrays written out of order fall back to re-reading at close.
+Checksums (see manifest.py): image arrays (sharded) are checksummed by their stored shard files at close,
+which costs a read of the compressed bytes (a sixth to a tenth of the decoded bytes for the crops), not a hash
+of every decoded byte; small arrays by their decoded bytes, hashed as they are written.
 """
 
 from __future__ import annotations
@@ -118,72 +119,6 @@ def canonical(block: np.ndarray) -> np.ndarray:
 def content_bytes(block: np.ndarray) -> np.ndarray:
     """The bytes the manifest checksum covers: `canonical` viewed as flat uint8 (no copy when canonical)."""
     return canonical(block).reshape(-1).view(np.uint8)
-
-
-def _c_order_offset(starts: tuple[int, ...], extent: tuple[int, ...], shape: tuple[int, ...]) -> int | None:
-    """Flat C-order index of the box's first element if the box is one contiguous run of the array, else None.
-
-    Contiguous: every axis before the first one longer than 1 has extent 1 and every axis after it is
-    complete, e.g. ``[camera, t0:t1]`` of a (camera, timestep, H, W) array.
-    """
-    first = next((axis for axis, n in enumerate(extent) if n != 1), len(extent))
-    if any(extent[axis] != shape[axis] for axis in range(first + 1, len(shape))):
-        return None
-    offset = 0
-    for start, n in zip(starts, shape, strict=True):
-        offset = offset * n + start
-    return offset
-
-
-class ContentHash:
-    """sha256 of an array's decoded content in C order, fed with the blocks as they are written.
-
-    It equals what `manifest.array_checksum` computes by reading the array back, without the read: blocks
-    arriving in C order (``array[camera, t0:t1] = ...`` camera by camera, block after block) are hashed as
-    they are, and what is never written is the fill value, zero, hashed as zero bytes. A block that overlaps
-    or precedes what is already hashed, or a write that is not a box, makes the hash unusable (`hexdigest`
-    returns None) and the manifest reads that array back instead. Only writes through the `ImageArray` that
-    `StoreWriter.create_images` returns are seen.
-    """
-
-    _ZEROS = memoryview(bytes(1 << 20))
-
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.shape = tuple(int(s) for s in shape)
-        self.itemsize = np.dtype(dtype).itemsize
-        self._digest = hashlib.sha256()
-        self._position = 0  # elements hashed so far, in C order
-        self._usable = True
-        self._final: str | None = None
-
-    def invalidate(self) -> None:
-        self._usable = False
-
-    def add(self, starts: tuple[int, ...], block: np.ndarray) -> None:
-        """Hash `block`, the content of the box that starts at index `starts` and has the block's shape."""
-        offset = _c_order_offset(tuple(starts), block.shape, self.shape)
-        if not self._usable or self._final is not None or offset is None or offset < self._position:
-            self._usable = False
-            return
-        self._zeros(offset - self._position)
-        self._digest.update(content_bytes(block))
-        self._position = offset + block.size
-
-    def _zeros(self, count: int) -> None:
-        remaining = count * self.itemsize
-        while remaining > 0:
-            step = min(remaining, len(self._ZEROS))
-            self._digest.update(self._ZEROS[:step])
-            remaining -= step
-
-    def hexdigest(self) -> str | None:
-        """The checksum (the rest of the array, never written, counts as zeros), or None if unusable."""
-        if not self._usable:
-            return None
-        if self._final is None:
-            self._zeros(math.prod(self.shape) - self._position)
-            self._final = self._digest.hexdigest()
-        return self._final
 
 
 # -- whole-shard writes and reads ---------------------------------------------------------------------------
@@ -419,53 +354,26 @@ def read_block(array: zarr.Array, key: Any = ...) -> np.ndarray:
     return out.reshape(result)
 
 
-_WRITING_ATTRS = frozenset(
-    {
-        "set_basic_selection",
-        "set_orthogonal_selection",
-        "set_coordinate_selection",
-        "set_mask_selection",
-        "set_block_selection",
-        "oindex",
-        "vindex",
-        "blocks",
-        "resize",
-        "append",
-    }
-)
-"""zarr.Array attributes that can write data past `ImageArray.__setitem__`: using one gives up the write-time
-checksum (the manifest then reads the array back), so nothing written that way goes unhashed."""
-
-
 class ImageArray:
     """An image array of a store being written, as `StoreWriter.create_images` returns it.
 
-    Reads and attributes are the zarr array's. An assignment of a box is hashed for the manifest as it is
-    written (`ContentHash`; AVIF arrays are lossy and checksummed from their stored bytes instead), and one
-    that covers whole shards is encoded here (module docstring). Any other way of writing (fancy indexing,
-    `oindex`, `set_*_selection`, the raw `zarr_array`) is zarr's and makes the manifest read the array back.
+    Reads and attributes are the zarr array's. An assignment that covers whole shards is encoded here
+    (module docstring); any other write goes through zarr. Either way the manifest checksums the array by its
+    stored files when the store is closed, so nothing written any way goes unchecked.
     """
 
-    def __init__(self, array: zarr.Array, content_hash: ContentHash | None) -> None:
+    def __init__(self, array: zarr.Array) -> None:
         self._array = array
-        self._hash = content_hash
         self._layout = _shard_layout(array)
 
     @property
     def zarr_array(self) -> zarr.Array:
-        """The zarr array itself; writes through it are not hashed, so asking for it gives up the hash."""
-        self._give_up_hash()
+        """The zarr array itself."""
         return self._array
 
-    def _give_up_hash(self) -> None:
-        if self._hash is not None:
-            self._hash.invalidate()
-
     def __getattr__(self, name: str) -> Any:
-        if name in ("_array", "_hash", "_layout"):  # not set yet (copy, pickle): no recursion
+        if name in ("_array", "_layout"):  # not set yet (copy, pickle): no recursion
             raise AttributeError(name)
-        if name in _WRITING_ATTRS:
-            self._give_up_hash()
         return getattr(self._array, name)
 
     def __getitem__(self, key: Any) -> Any:
@@ -476,13 +384,10 @@ class ImageArray:
         shape = tuple(array.shape)
         box = _box(key, shape)
         if box is None:
-            self._give_up_hash()
             array[key] = value
             return
         starts, extent, result = box
         block = _as_block(value, np.dtype(array.dtype), extent, result)
-        if self._hash is not None:
-            self._hash.add(starts, block)
         if self._layout is not None and self._layout.aligned(starts, extent, shape):
             _write_shards(self._layout, shape, starts, block)
         else:
@@ -497,7 +402,7 @@ class StoreWriter:
         self.path = path  # the final path, named in errors; it exists only after success
         self.temporary = temporary  # the hidden sibling being written
         self._provenance_set = False
-        self._checksums: dict[str, ContentHash | str] = {}  # manifest checksums taken while writing
+        self._checksums: dict[str, str] = {}  # decoded checksums of small arrays, taken while writing
 
     def _check_name(self, name: str) -> None:
         if not name or name.startswith("/") or name.endswith("/") or name in self.group:
@@ -524,8 +429,8 @@ class StoreWriter:
         leading axis into blocks of that many, to bound the size of a shard. `codec` is "zstd" (lossless,
         any dtype) or "avif" (lossy, uint8 RGB only, `quality` 0..100). The caller fills the array by
         assignment, ideally one whole shard per assignment and the shards in C order (camera after camera,
-        block after block): then the array is encoded in this thread and hashed while written (see the
-        module docstring). Write only through the returned `ImageArray`, never through `group`.
+        block after block): then the array is encoded in this thread (see the module docstring). Write only
+        through the returned `ImageArray`, never through `group`.
         """
         self._check_name(name)
         shape = tuple(int(s) for s in shape)
@@ -573,11 +478,7 @@ class StoreWriter:
             chunk_key_encoding=CHUNK_KEY_ENCODING,
             attributes=normalise_attrs(attrs or {}),
         )
-        # Lossy (AVIF) content is known only after decoding: its manifest checksum covers the stored bytes.
-        content = None if codec == "avif" else ContentHash(shape, dtype)
-        if content is not None:
-            self._checksums[name] = content
-        return ImageArray(array, content)
+        return ImageArray(array)  # checksummed by its stored files at close (manifest.checksum_kind)
 
     def write_array(self, name: str, data: np.ndarray, *, attrs: dict | None = None) -> zarr.Array:
         """Write a small array (intrinsics, w2c, fixed-width unicode ids, validity masks) as one zstd chunk.
@@ -617,13 +518,8 @@ class StoreWriter:
         return array
 
     def checksums(self) -> dict[str, str]:
-        """Manifest checksums of the arrays hashed while written (see `ContentHash`), by array name."""
-        known = {}
-        for name, value in self._checksums.items():
-            digest = value if isinstance(value, str) else value.hexdigest()
-            if digest is not None:
-                known[name] = digest
-        return known
+        """Decoded manifest checksums of the small arrays (`write_array`), hashed while written, by name."""
+        return dict(self._checksums)
 
     def set_attrs(self, **attrs: Any) -> None:
         """Add or overwrite root attributes (e.g. ``random_weights=True`` once a network is known random).
