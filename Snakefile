@@ -13,6 +13,9 @@ min_version("9.19")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 # Same schema file (workflow/schemas/config.schema.yaml) as the command line; one line naming the bad key.
 config.update(validate_config(config))
 
@@ -29,6 +32,14 @@ include: "rules/capture.smk"
 include: "rules/preprocess.smk"
 include: "rules/shards.smk"
 include: "rules/train.smk"
+include: "rules/report.smk"
+
+
+onstart:
+    # The cost plan (`avat3r plan`) before the first job; Snakemake skips onstart on dry runs.
+    from avat3r_core.plan import plan_for_config
+
+    logger.info(plan_for_config(config))
 
 
 rule all:
@@ -36,3 +47,6 @@ rule all:
     input:
         f"{RESULTS}/dataset_index.json",
         expand(f"{RESULTS}/evaluate/{{variant}}/metrics.json", variant=VARIANTS),
+        multiext(f"{RESULTS}/evaluate/summary", ".csv", ".json", ".png"),
+        # The report's figures (cheap), so that a bare `snakemake --report report.html` shows them.
+        rules.report_figures.output,

@@ -118,3 +118,46 @@ def variant_sections(config: Mapping[str, Any], variant: str) -> dict[str, Any]:
         "train": config.get("train", {}),
     }
     return validate_sections(sections, variants[variant])
+
+
+def is_evaluation_only(capture: Mapping[str, Any]) -> bool:
+    """`capture.evaluation_only`; null means the dataset's default (NeRSemble: evaluation only, as in the
+    paper, which never trains on it; Ava-256: not)."""
+    value = capture.get("evaluation_only")
+    return capture.get("dataset") == "nersemble" if value is None else bool(value)
+
+
+def refuse_training_split(capture: Mapping[str, Any], splits: Mapping[str, str]) -> None:
+    """Raise ConfigError if an evaluation-only capture has a subject in the train split."""
+    if not is_evaluation_only(capture):
+        return
+    train = sorted(subject for subject, split in splits.items() if split == "train")
+    if train:
+        raise ConfigError(
+            "capture.evaluation_only",
+            f"the {capture.get('dataset')} capture is evaluation-only, but subject(s) {', '.join(train)} "
+            "would be in the train split: put every subject in shards.test_subjects / "
+            f"validation_subjects (or set shards.test_count to {len(splits)}), or set "
+            "capture.evaluation_only: false",
+        )
+
+
+def check_evaluation_only(config: Mapping[str, Any], subjects: list[str]) -> None:
+    """Refuse a run whose `shards` split would train on an evaluation-only capture (the splits are those
+    `stages.shards.assign_splits` gives the dataset index)."""
+    capture = config["capture"]
+    if not is_evaluation_only(capture):
+        return
+    from avat3r_core.stages.shards import assign_splits
+
+    refuse_training_split(capture, assign_splits(list(subjects), config["shards"]))
+
+
+def dataset_name(config: Mapping[str, Any]) -> str:
+    """The protocol's dataset name: evaluate.protocol.dataset, else `synthetic` or capture.dataset."""
+    named = (config.get("evaluate", {}).get("protocol") or {}).get("dataset")
+    if named:
+        return str(named)
+    if config.get("synthetic", {}).get("enabled"):
+        return "synthetic"
+    return str(config.get("capture", {}).get("dataset", "unknown"))

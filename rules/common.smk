@@ -66,12 +66,44 @@ def variant_json(wildcards):
 
 
 def evaluate_json(wildcards):
-    """The variant's sections plus the evaluate section."""
+    """The variant's sections plus the evaluate section, and positions when joint DUSt3R maps are made."""
     from avat3r_core.config import variant_sections
 
-    return section_json(
-        dict(variant_sections(config, wildcards.variant), evaluate=config["evaluate"])
+    chosen = dict(
+        variant_sections(config, wildcards.variant), evaluate=config["evaluate"]
     )
+    if config["evaluate"]["positions"] == "joint":
+        chosen["positions"] = config["positions"]
+    return section_json(chosen)
+
+
+def protocol_json(wildcards):
+    """The keys of the evaluate section the protocol depends on (not the metrics: they rebuild nothing)."""
+    evaluate = config["evaluate"]
+    return section_json(
+        {"evaluate": {k: evaluate[k] for k in ("split", "seed", "protocol")}}
+    )
+
+
+def protocol_dataset(wildcards):
+    """The dataset name written into the protocol (evaluate.protocol.dataset, synthetic or capture.dataset)."""
+    from avat3r_core.config import dataset_name
+
+    return dataset_name(config)
+
+
+def protocol_file(wildcards):
+    """A fixed protocol file (evaluate.protocol.file) as an input of the protocol rule; none otherwise."""
+    fixed = config["evaluate"]["protocol"]["file"]
+    return [fixed] if fixed else []
+
+
+def train_extra_inputs(wildcards):
+    """A variant's init_from model and mix indices: a fine-tune variant waits for the model it starts from."""
+    from avat3r_core.config import variant_sections
+
+    train = variant_sections(config, wildcards.variant)["train"]
+    return [p for p in [train["init_from"], *(m["index"] for m in train["mix"])] if p]
 
 
 def train_launcher(wildcards):

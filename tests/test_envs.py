@@ -48,6 +48,11 @@ RULE_FAMILIES = {
     "dataset_index": "preprocess",
     "train": "train",
     "evaluate": "train",
+    "protocol": "train",
+    "gather": "train",
+    "report_subject": "preprocess",
+    "report_training": "preprocess",
+    "report_figures": "preprocess",
 }
 # Config overrides that switch a rule to another environment (the backend's network needs PyTorch).
 BACKEND_CASES = {

@@ -43,16 +43,26 @@ SUBJECT_OUTPUTS = {
     "shard.zarr": "shards",
 }
 PER_SUBJECT = tuple(SUBJECT_OUTPUTS.values())
-# dataset_index and one train and evaluate job per variant (the default config has one: base).
-TAIL = {("dataset_index", ""), ("train", "base"), ("evaluate", "base")}
+# dataset_index, the evaluation protocol, one train, evaluate and report_training job per variant of the
+# default config (base and no_skips), the gather of every variant's metrics and the report's figure index.
+VARIANTS = list(yaml.safe_load((REPO_ROOT / "config.yaml").read_text())["variants"])
+TAIL = {("dataset_index", ""), ("protocol", ""), ("gather", ""), ("report_figures", "")} | {
+    (rule, variant) for rule in ("train", "evaluate", "report_training") for variant in VARIANTS
+}
+# The per-subject report pictures read these stages' outputs (crops, position maps, views, capture index).
+PICTURED = {"capture_index", "views", "crop", "positions"}
 
 Job = tuple[str, str]
 
 
 def jobs(rules: Iterable[str], subjects: Iterable[str] = SUBJECTS, tail: bool = True) -> set[Job]:
-    """The expected set: these per-subject rules for these subjects, plus the index, train and evaluate."""
+    """The expected jobs: these rules for these subjects, plus their report pictures and the tail."""
+    rules, subjects = set(rules), list(subjects)
     wanted = {(rule, subject) for rule in rules for subject in subjects}
-    return wanted | TAIL if tail else wanted
+    if not tail:
+        return wanted
+    pictures = {("report_subject", subject) for subject in subjects} if rules & PICTURED else set()
+    return wanted | pictures | TAIL
 
 
 def job_of(output: str) -> Job:
@@ -60,8 +70,18 @@ def job_of(output: str) -> Job:
     parts = Path(output).relative_to("results").parts
     if parts == ("dataset_index.json",):
         return ("dataset_index", "")
+    if parts == ("evaluate", "protocol.json"):
+        return ("protocol", "")
+    if parts[0] == "evaluate" and len(parts) == 2 and parts[1].startswith("summary."):
+        return ("gather", "")
     if parts[0] in ("train", "evaluate") and len(parts) == 3:
         return (parts[0], parts[1])
+    if parts == ("report", "figures.json"):
+        return ("report_figures", "")
+    if parts[:2] == ("report", "train") and len(parts) == 4:
+        return ("report_training", parts[2])
+    if parts[0] == "report" and len(parts) == 3:
+        return ("report_subject", parts[1])
     if len(parts) == 2 and parts[1] in SUBJECT_OUTPUTS:
         return (SUBJECT_OUTPUTS[parts[1]], parts[0])
     raise AssertionError(f"unexpected planned output {output}")

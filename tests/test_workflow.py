@@ -45,6 +45,9 @@ def tiny_config(workdir: Path) -> Path:
     config = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
     config["synthetic"].update(TINY)
     config["train"].update(steps=2, n_supervision=2, num_workers=0)
+    for overrides in config["variants"].values():  # the demo's cheaper variants set their own step counts
+        if "train.steps" in overrides:
+            overrides["train.steps"] = 2
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -74,7 +77,13 @@ def test_dry_run_plans_one_index_per_subject(tmp_path: Path) -> None:
     assert table.get("positions") == "2" and table.get("features") == "2"
     assert table.get("shards") == "2" and table.get("dataset_index") == "1"
     assert table.get("synthetic_capture") == "1"
-    assert table.get("train") == "1" and table.get("evaluate") == "1"
+    variants = len(yaml.safe_load((REPO_ROOT / "config.yaml").read_text())["variants"])
+    assert variants == 2  # the demo's two variants: base and no_skips
+    assert table.get("train") == str(variants) and table.get("evaluate") == str(variants)
+    assert table.get("protocol") == "1" and table.get("gather") == "1"
+    # The report's pictures: one job per subject, one per variant and the figure index.
+    assert table.get("report_subject") == "2" and table.get("report_training") == str(variants)
+    assert table.get("report_figures") == "1"
 
 
 def test_bad_config_fails_before_any_job(tmp_path: Path) -> None:
@@ -115,6 +124,12 @@ def test_end_to_end_builds_capture_indexes(tmp_path: Path) -> None:
     assert all(entry["random_weights"] for entry in index["subjects"].values())
     metrics = json.loads((tmp_path / "results" / "evaluate" / "base" / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["views_scored"] > 0
+    assert set(metrics["results"]) == {"reconstruction", "animation", "all"}
+    gathered = (tmp_path / "results" / "evaluate" / "summary.csv").read_text()
+    assert "no_skips" in gathered and "base" in gathered
+    figures = json.loads((tmp_path / "results" / "report" / "figures.json").read_text())
+    variants = len(yaml.safe_load((REPO_ROOT / "config.yaml").read_text())["variants"])
+    assert len(figures["figures"]) == 3 * len(subjects) + 3 * variants + 3  # + gather's csv, json, png
     assert "step 2" in (tmp_path / "results" / "logs" / "train" / "base.log").read_text()
     # A second run finds nothing to do: outputs, params and code are unchanged.
     again = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "2", "-n")

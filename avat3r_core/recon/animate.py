@@ -47,6 +47,7 @@ __all__ = [
     "Avatar",
     "CameraPath",
     "animate",
+    "animate_created",
     "build_avatar",
     "contact_sheet",
     "drive",
@@ -485,9 +486,10 @@ def _camera_path(
 
 def animate(
     model_path: str | Path,
-    index: str | Path,
+    index: str | Path | None,
     out: str | Path,
     *,
+    avatar: str | Path | None = None,
     subject: str | None = None,
     expressions: str | Path = "shard",
     camera: str = "orbit",
@@ -503,7 +505,29 @@ def animate(
     The input views are those of the subject's first item in the loader (``Avat3rShardDataset`` of the
     subject's split, the model's ``n_views``, ``seed``), so a rerun uses the same 4 views. Writes ``out``
     (mp4) and a contact sheet ``<out stem>_frames.png`` next to it; returns a summary.
+
+    ``avatar``: instead of a subject of the dataset index, the folder written by ``avat3r create`` (its
+    input views are used as they are; ``index`` must then be None, see :func:`animate_created`).
     """
+    if avatar is not None:
+        if index is not None:
+            raise AnimateError(
+                "give either a dataset index (--index) or an avatar folder (--avatar), not both"
+            )
+        return animate_created(
+            model_path,
+            avatar,
+            out,
+            expressions=expressions,
+            camera=camera,
+            fps=fps,
+            batch=batch,
+            renderer=renderer,
+            device=device,
+            sheet_frames=sheet_frames,
+        )
+    if index is None:
+        raise AnimateError("animate needs a dataset index (--index) or an avatar folder (--avatar)")
     index, out = Path(index), Path(out)
     subject, split = _subject_and_split(index, subject)
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -552,5 +576,99 @@ def animate(
         ],
         "device": str(torch_device),
         "encode_s": created,
+        "drive_fps": len(frames) / driving,
+    }
+
+
+# ------------------------------------------------------------------------------- from `avat3r create`
+
+
+def _created_camera_path(
+    avatar: Avatar, camera: str, frames: int, *, degrees: float = 30.0
+) -> tuple[CameraPath, str]:
+    """An orbit around the head-frame origin (the head centre) or one input camera (``input<k>``)."""
+    size = avatar.input_size
+    if camera == "orbit":
+        eyes = -torch.einsum(
+            "nji,nj->ni", avatar.input_w2c[:, :3, :3].double(), avatar.input_w2c[:, :3, 3].double()
+        )
+        forward = eyes[:, 2] / eyes.norm(dim=1).clamp_min(1e-12)  # cosine to the head's +z
+        k = int(torch.argmax(forward))
+        path = orbit_cameras(
+            avatar.input_K[k], avatar.input_w2c[k], size, size, np.zeros(3), frames, degrees=degrees
+        )
+        return path, f"orbit of +-{degrees:g} degrees around the head centre from input view {k}"
+    views = len(avatar.input_K)
+    name = camera[len("input") :] if camera.startswith("input") else camera
+    if not name.isdigit() or int(name) >= views:
+        raise AnimateError(
+            f"camera {camera!r} is not available for a created avatar "
+            f"(give 'orbit' or input0..input{views - 1})"
+        )
+    k = int(name)
+    path = CameraPath(K=avatar.input_K[k], w2c=avatar.input_w2c[k], width=size, height=size)
+    return path, f"input view {k}"
+
+
+def animate_created(
+    model_path: str | Path,
+    avatar_dir: str | Path,
+    out: str | Path,
+    *,
+    expressions: str | Path = "shard",
+    camera: str = "orbit",
+    fps: float = 7.5,
+    batch: int = 8,
+    renderer: str = "auto",
+    device: str | None = None,
+    sheet_frames: int = 6,
+) -> dict[str, Any]:
+    """Drive an avatar folder written by ``avat3r create`` with a .npy of expression codes (T, E).
+
+    The folder's ``avatar.pt`` holds the input views in the loader's layout; they are encoded once
+    (:func:`build_avatar`) and every code decoded and rendered from ``camera`` (``orbit`` around the head
+    centre, the head frame's origin, or ``input<k>``) at the input crop size.
+    """
+    from avat3r_core.create.pipeline import load_created_avatar
+
+    out = Path(out)
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, config = load_trained_model(model_path, torch_device)
+    sample, created = load_created_avatar(avatar_dir)
+    if str(expressions) == "shard":
+        raise AnimateError(
+            f"avatar {avatar_dir} was made from photos and has no shard of expression codes: give "
+            f"--expressions a .npy of shape (T, {model.config.expression_dim})"
+        )
+    codes = load_expressions(expressions, None, "", model.config.expression_dim)
+    start = time.perf_counter()
+    try:
+        avatar = build_avatar(model, sample)
+    except ValueError as exc:
+        raise AnimateError(f"avatar {avatar_dir} does not fit the model {model_path}: {exc}") from None
+    created_s = time.perf_counter() - start
+    path, camera_text = _created_camera_path(avatar, camera, len(codes))
+    start = time.perf_counter()
+    frames = drive(
+        avatar, codes, path, batch=batch, background=config["train"].get("background"), backend=renderer
+    )
+    driving = time.perf_counter() - start
+    write_mp4(frames, out, fps)
+    sheet = out.with_name(f"{out.stem}_frames.png")
+    with atomic_path(sheet) as temporary:
+        Image.fromarray(contact_sheet(frames, sheet_frames)).save(temporary, format="PNG")
+    return {
+        "subject": str(sample["subject"]),
+        "frames": len(frames),
+        "size": [int(frames.shape[2]), int(frames.shape[1])],
+        "fps": float(fps),
+        "video": str(out),
+        "contact_sheet": str(sheet),
+        "camera": camera_text,
+        "expressions": str(expressions),
+        "inputs": list(created.get("photos", [])),
+        "random_weights": list(created.get("random_weights", [])),
+        "device": str(torch_device),
+        "encode_s": created_s,
         "drive_fps": len(frames) / driving,
     }

@@ -295,6 +295,10 @@ class Trainer:
             start_step=self.step,
         )
         workers = int(self.train_cfg["num_workers"])
+        # Its own generator: starting an iterator draws the workers' base seed from the loader's generator,
+        # which would otherwise be the global RNG, saved in checkpoints: a run resumed at step k would then
+        # save another RNG state (and model.pt other bytes) than one that never stopped.
+        generator = torch.Generator().manual_seed(int(self.train_cfg["seed"]) + self.context.rank)
         return DataLoader(
             EpochIndexed(self.dataset),
             batch_size=batch_size,
@@ -302,6 +306,7 @@ class Trainer:
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self.device.type == "cuda",
+            generator=generator,
         )
 
     def train_step(self, batch: Mapping[str, Any]) -> tuple[dict[str, float], list[SampleRender]]:

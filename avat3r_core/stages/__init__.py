@@ -15,12 +15,16 @@ STAGE_VERSIONS: dict[str, int] = {
     "capture_index": 2,
     "frames": 1,
     "views": 1,
-    "matting": 2,  # 2: manifest format 2 (checksum kinds); dataset backend leaves blank images to crop
-    "crop": 2,  # 2: manifest format 2 (AVIF arrays checked by stored bytes); summary counts blank images
-    "positions": 2,  # 2: manifest format 2
-    "features": 2,  # 2: manifest format 2
+    "matting": 3,  # 3: plate_difference detects on block means (full-res edges); image arrays zstd level 1,
+    # checksummed by stored bytes. 2: manifest format 2 (checksum kinds); dataset leaves blank images to crop
+    "crop": 3,  # 3: image arrays zstd level 1, checksummed by stored bytes. 2: manifest format 2 (AVIF arrays
+    # checked by stored bytes); summary counts blank images
+    "positions": 3,  # 3: image arrays zstd level 1, checksummed by stored bytes. 2: manifest format 2
+    "features": 3,  # 3: image arrays zstd level 1, checksummed by stored bytes. 2: manifest format 2
     "shards": 2,  # 2: manifest format 2
     "dataset_index": 1,
     "train": 1,
-    "evaluate": 1,
+    "evaluate": 2,  # 2: protocol items, reconstruction/animation splits, LPIPS/JOD/AKD/CSIM, csv and html
+    "protocol": 1,
+    "gather": 1,
 }
