@@ -484,6 +484,15 @@ def _camera_path(
     return path, f"camera {camera} (head-centric pose of frame {int(meta.supervision_frames[t])})"
 
 
+def write_video_and_sheet(frames: np.ndarray, out: Path, fps: float, sheet_frames: int) -> Path:
+    """The mp4 at `out` and a contact sheet of `sheet_frames` frames beside it (`<stem>_frames.png`)."""
+    write_mp4(frames, out, fps)
+    sheet = out.with_name(f"{out.stem}_frames.png")
+    with atomic_path(sheet) as temporary:
+        Image.fromarray(contact_sheet(frames, sheet_frames)).save(temporary, format="PNG")
+    return sheet
+
+
 def animate(
     model_path: str | Path,
     index: str | Path | None,
@@ -556,10 +565,7 @@ def animate(
         backend=renderer,
     )
     driving = time.perf_counter() - start
-    write_mp4(frames, out, fps)
-    sheet = out.with_name(f"{out.stem}_frames.png")
-    with atomic_path(sheet) as temporary:
-        Image.fromarray(contact_sheet(frames, sheet_frames)).save(temporary, format="PNG")
+    sheet = write_video_and_sheet(frames, out, fps, sheet_frames)
     cameras = dataset.camera_ids(subject, "input")
     return {
         "subject": subject,
@@ -653,10 +659,7 @@ def animate_created(
         avatar, codes, path, batch=batch, background=config["train"].get("background"), backend=renderer
     )
     driving = time.perf_counter() - start
-    write_mp4(frames, out, fps)
-    sheet = out.with_name(f"{out.stem}_frames.png")
-    with atomic_path(sheet) as temporary:
-        Image.fromarray(contact_sheet(frames, sheet_frames)).save(temporary, format="PNG")
+    sheet = write_video_and_sheet(frames, out, fps, sheet_frames)
     return {
         "subject": str(sample["subject"]),
         "frames": len(frames),

@@ -57,6 +57,7 @@ from typing import Any
 import yaml
 
 from avat3r_core.config import REPO_ROOT
+from tests.test_workflow import TINY
 
 RULE_LINE = re.compile(r"^(?:local)?rule (\w+):$")
 OUTPUT_LINE = re.compile(r"^\s+output: (.*)$")
@@ -77,14 +78,8 @@ NONDETERMINISTIC = {
     "results/report/train/*/curves.png": "plots the measured seconds per step (step_s): not compared",
     "results/report/figures.json": "lists every figure's sha256: compared without the entries of the above",
 }
-TINY_SYNTHETIC = {
-    "n_subjects": 2,
-    "n_cameras": 6,
-    "frames_per_segment": 2,
-    "downsample": 32,
-    "min_missing": 2,
-    "seed": 3,
-}
+# The tiny capture of the workflow tests (2 subjects, 6 cameras, 2 frames per segment).
+TINY_SYNTHETIC = TINY
 
 
 def tiny_config(workdir: Path) -> Path:

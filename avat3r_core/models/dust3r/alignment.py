@@ -32,7 +32,7 @@ Deviations from upstream, and why:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -261,6 +261,39 @@ def _subsample(mask: torch.Tensor, limit: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def minimise_cosine_adam(
+    params: Sequence[torch.Tensor],
+    loss_fn: Callable[[], torch.Tensor],
+    iterations: int,
+    lr: float,
+    *,
+    what: str,
+    after_step: Callable[[], None] | None = None,
+) -> None:
+    """Upstream's global-alignment optimiser: Adam (betas 0.9, 0.9) with a cosine schedule from lr to 1e-6.
+
+    Shared by the known-camera and the free-camera alignment. A non-finite loss or parameter raises
+    AlignmentDivergedError naming `what` and the iteration, instead of returning garbage geometry.
+    `after_step` runs after each step (e.g. clamping a parameter, under no_grad).
+    """
+    optimizer = torch.optim.Adam(params, lr=lr, betas=_ADAM_BETAS)
+    for it in range(iterations):
+        t = it / max(iterations, 1)
+        for group in optimizer.param_groups:
+            group["lr"] = _LR_MIN + (lr - _LR_MIN) * 0.5 * (1.0 + math.cos(math.pi * t))
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        if not bool(torch.isfinite(loss)):
+            raise AlignmentDivergedError(f"{what}: loss became {float(loss.detach())} at iteration {it}")
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            with torch.no_grad():
+                after_step()
+        if not all(bool(torch.all(torch.isfinite(q))) for q in params):
+            raise AlignmentDivergedError(f"{what}: parameters became non-finite after iteration {it}")
+
+
 def align_known_cameras(
     predictions: Mapping[str, torch.Tensor | np.ndarray],
     pairs: Sequence[tuple[int, int]],
@@ -389,24 +422,9 @@ def align_known_cameras(
         dist = (weights_d * (moved - own).norm(dim=-1)).sum((0, 2)) / area
         return dist[0] + dist[1]
 
-    params = [log_depth, omega, trans, log_scale]
-    optimizer = torch.optim.Adam(params, lr=lr, betas=_ADAM_BETAS)
-    for it in range(iterations):
-        t = it / max(iterations, 1)
-        for group in optimizer.param_groups:
-            group["lr"] = _LR_MIN + (lr - _LR_MIN) * 0.5 * (1.0 + math.cos(math.pi * t))
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        if not bool(torch.isfinite(loss)):
-            raise AlignmentDivergedError(
-                f"align_known_cameras: loss became {float(loss.detach())} at iteration {it}"
-            )
-        loss.backward()
-        optimizer.step()
-        if not all(bool(torch.all(torch.isfinite(q))) for q in params):
-            raise AlignmentDivergedError(
-                f"align_known_cameras: parameters became non-finite after iteration {it}"
-            )
+    minimise_cosine_adam(
+        [log_depth, omega, trans, log_scale], loss_fn, iterations, lr, what="align_known_cameras"
+    )
 
     with torch.no_grad():
         final = loss_fn()

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from avat3r_core.geometry.cameras import Camera, pixel_centers
-from avat3r_core.models.dust3r.alignment import AlignmentDivergedError
+from avat3r_core.models.dust3r.alignment import AlignmentDivergedError, minimise_cosine_adam
 
 __all__ = [
     "FreeAlignmentResult",
@@ -58,8 +58,6 @@ __all__ = [
 ]
 
 _KEYS = ("pts3d_1", "conf_1", "pts3d_2_in_1", "conf_2")
-_LR_MIN = 1e-6
-_ADAM_BETAS = (0.9, 0.9)
 _WEISZFELD_STEPS = 10
 _FOCAL_LIMITS = (0.2, 10.0)  # x the 60-degree focal max(H, W) / (2 tan 30deg): guards garbage pointmaps
 
@@ -429,26 +427,15 @@ def align_free_cameras(
         cam_q.requires_grad_(False)
         cam_t.requires_grad_(False)
         params = [log_depth, log_f, pair_q, pair_t]
-    optimizer = torch.optim.Adam(params, lr=lr, betas=_ADAM_BETAS)
     with torch.enable_grad():  # callers may run under no_grad (inference code)
-        for it in range(iterations):
-            t = it / max(iterations, 1)
-            for group in optimizer.param_groups:
-                group["lr"] = _LR_MIN + (lr - _LR_MIN) * 0.5 * (1.0 + math.cos(math.pi * t))
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn()
-            if not bool(torch.isfinite(loss)):
-                raise AlignmentDivergedError(
-                    f"align_free_cameras: loss became {float(loss.detach())} at iteration {it}"
-                )
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                log_f.clamp_(math.log(lo), math.log(hi))
-            if not all(bool(torch.isfinite(q).all()) for q in params):
-                raise AlignmentDivergedError(
-                    f"align_free_cameras: parameters became non-finite after iteration {it}"
-                )
+        minimise_cosine_adam(
+            params,
+            loss_fn,
+            iterations,
+            lr,
+            what="align_free_cameras",
+            after_step=lambda: log_f.clamp_(math.log(lo), math.log(hi)),
+        )
 
     with torch.no_grad():
         final = float(loss_fn())
