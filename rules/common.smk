@@ -23,12 +23,17 @@ def capture_input(wildcards):
     """A subject's capture files, so that replacing one subject's files reruns only that subject's jobs.
 
     Synthetic: the generated capture folder (one directory output, tracked by its timestamp file; edits
-    inside it are not seen: regenerate with `-R synthetic_capture`). Ava-256: the files `capture_index`
-    reads, which every later stage of the subject depends on: calibration, frame list, head poses, tracked
+    inside it are not seen: regenerate with `-R synthetic_capture`). NeRSemble: calibration, the selected
+    sequences' videos and tracking, the clean plates. Ava-256: the files `capture_index` reads, which every later stage of the subject depends on: calibration, frame list, head poses, tracked
     meshes and the per-camera image zips (one listdir; absent optional files are left out).
     """
     if SYNTHETIC:
         return rules.synthetic_capture.output.capture
+    if config["capture"]["dataset"] == "nersemble":
+        from avat3r_core.capture.nersemble import open_nersemble
+
+        reader = open_nersemble(config["capture"], wildcards.subject)
+        return [str(path) for path in reader.input_files()]
     from avat3r_core.capture.ava256 import Ava256Capture
 
     decoder = Ava256Capture(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from avat3r_core.capture import open_capture, subject_ids
 from avat3r_core.capture.expressions import (
@@ -41,9 +42,10 @@ from avat3r_core.capture.synthetic.nersemble_writer import (
     write_video,
 )
 from avat3r_core.capture.synthetic.render import clean_plate
-from avat3r_core.config import check_evaluation_only, validate_config
+from avat3r_core.config import REPO_ROOT, check_evaluation_only, validate_config
 from avat3r_core.errors import CaptureError, ConfigError
 from avat3r_core.stages.capture_index import build_capture_index
+from tests.test_workflow import run_snakemake
 
 CFG = SyntheticConfig(
     n_subjects=2,
@@ -461,3 +463,35 @@ def test_cli_writes_the_nersemble_layout(tmp_path):
     frame = reader.frames()[0].frame
     assert reader.image(reader.camera_ids[0], frame).shape == (200, 138, 3)
     assert reader.expression_code(frame).shape == (109,)
+
+
+# -- the DAG over a NeRSemble capture ------------------------------------------------------------------------
+def test_input_files_are_the_files_the_reader_reads(capture):
+    root, _ = capture
+    reader = open_capture(capture_section(root), PID)
+    files = reader.input_files()
+    assert files[0] == root / PID / "calibration" / "camera_params.json"
+    videos = [p for p in files if p.suffix == ".mp4"]
+    assert len(videos) == len(reader.sequences) * len(reader.camera_ids)
+    assert all(p.is_file() for p in files)
+    assert len([p for p in files if p.suffix == ".jpg"]) == len(reader.camera_ids)
+    one = reader.camera_ids[0]
+    narrowed = open_capture(capture_section(root, nersemble={"cameras": [one]}), PID).input_files()
+    assert {p.name for p in narrowed if p.suffix != ".json"} == {f"cam_{one}.mp4", f"image_{one}.jpg"}
+
+
+def test_dry_run_over_a_nersemble_capture(capture, tmp_path):
+    # Evaluation-only capture: every subject held out; no tracked mesh, so positions come from DUSt3R.
+    root, _ = capture
+    config = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
+    config["synthetic"]["enabled"] = False
+    config["capture"].update(dataset="nersemble", root=str(root))
+    config["shards"].update(test_subjects=["001", "002"])
+    config["positions"]["backend"] = "dust3r"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run_snakemake(tmp_path, "--configfile", str(path), "-n", "dataset_index")
+    out = result.stdout + result.stderr
+    assert "capture_index" in out and "synthetic_capture" not in out
+    assert str(root / PID / "calibration" / "camera_params.json") in out
+    assert ".mp4" in out

@@ -352,6 +352,24 @@ class NeRSembleCapture(CaptureReader):
                 return folder / name
         return folder / TRACKING_FILES[0]
 
+    def input_files(self) -> list[Path]:
+        """Every file the reader may read for this subject, for the DAG's rule inputs: the calibration, the
+        selected sequences' videos (images, alpha maps) and FLAME tracking, and the clean plates. Replacing
+        one of them reruns this subject's jobs only (rules/common.smk capture_input)."""
+        files = [self.calibration_path]
+        for sequence in self.sequences:
+            folder = self.folder / "sequences" / sequence
+            for kind in ("images", "alpha_maps"):
+                files += sorted((folder / kind).glob("cam_*.mp4"))
+            files += [p for p in [self.tracking_path(sequence)] if p.is_file()]
+        files += sorted((self.folder / "sequences" / BACKGROUND).glob("image_*.jpg"))
+        if self.wanted_cameras:
+            wanted = {f"cam_{c}.mp4" for c in self.wanted_cameras} | {
+                f"image_{c}.jpg" for c in self.wanted_cameras
+            }
+            files = [p for p in files if p.suffix not in (".mp4", ".jpg") or p.name in wanted]
+        return files
+
     @cached_property
     def sequences(self) -> list[str]:
         """Selected sequences in the official order (config `capture.nersemble.sequences`, else all)."""
