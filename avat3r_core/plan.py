@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from avat3r_core.config import variant_sections
+from avat3r_core.models.sapiens_archs import PATCH_SIZE, SAPIENS_ARCHS, sapiens_arch_key
 
 AVIF_BYTES_PER_PIXEL = 27_511 / 667**2  # benchmarks/supervision_storage.py, quality 90
 PER_SUBJECT_STAGES = (
@@ -65,14 +66,6 @@ DUST3R_ALIGNMENT_SOURCE = "upper bound: Avat3r Table 4 creation (12.3 s, RTX 309
 A100_BF16_FLOPS = 312e12
 SAPIENS_UTILISATION = 0.4
 SAPIENS_SOURCE = "FLOPs of the architecture at 40% of an A100's bf16 peak (not measured)"
-# torch-free copy of avat3r_core.models.sapiens.SAPIENS_ARCHS (tests/test_plan.py checks they agree).
-SAPIENS_SIZES = {
-    "sapiens_0.3b": (1024, 24),
-    "sapiens_0.6b": (1280, 32),
-    "sapiens_1b": (1536, 40),
-    "sapiens_2b": (1920, 48),
-}
-SAPIENS_PATCH = 16
 # Training: the paper trained 3.5M steps with batch 1 on each of 8 A100s in about 4 days
 # (shared/reference/model.md, which flags the figure as unverified: ~10 steps/s with ~1M Gaussians looks
 # fast), i.e. 8 x 4 x 86400 / (3.5M x 8) A100-seconds per training sample.
@@ -108,7 +101,7 @@ def plan(config: dict[str, Any], size: CaptureSize) -> dict[str, Any]:
     channels = (
         features["tiny"]["embed_dim"]
         if not features["checkpoint"] or features["model"] == "tiny"
-        else SAPIENS_SIZES[_sapiens_key(features["model"])][0]
+        else SAPIENS_ARCHS[sapiens_arch_key(features["model"])]["embed_dim"]
     )
     supervision_px = s2 * s2 * (3 * AVIF_BYTES_PER_PIXEL if crop["supervision_codec"] == "avif" else 3)
     per_subject = {
@@ -133,7 +126,7 @@ def plan(config: dict[str, Any], size: CaptureSize) -> dict[str, Any]:
     }
 
 
-def sapiens_flops(embed_dim: int, depth: int, image_size: int, patch: int = SAPIENS_PATCH) -> float:
+def sapiens_flops(embed_dim: int, depth: int, image_size: int, patch: int = PATCH_SIZE) -> float:
     """Floating-point operations of one ViT forward at `image_size`^2 (multiply and add counted apart)."""
     tokens = (image_size // patch) ** 2 + 1
     return 2.0 * depth * (12 * tokens * embed_dim**2 + 2 * tokens**2 * embed_dim)
@@ -169,7 +162,8 @@ def _gpu_hours(
         hours["dust3r_pairs"] = hours["dust3r_alignment"] = 0.0
         notes["dust3r_pairs"] = notes["dust3r_alignment"] = f"backend {positions['backend']}: no DUSt3R"
     if features["checkpoint"] and features["model"] != "tiny":
-        embed_dim, depth = SAPIENS_SIZES[_sapiens_key(features["model"])]
+        arch = SAPIENS_ARCHS[sapiens_arch_key(features["model"])]
+        embed_dim, depth = arch["embed_dim"], arch["depth"]
         images = input_views * size.subjects
         flops = sapiens_flops(embed_dim, depth, features["input_size"])
         hours["sapiens"] = images * flops / (A100_BF16_FLOPS * SAPIENS_UTILISATION) / 3600
@@ -186,11 +180,6 @@ def _gpu_hours(
         f"{samples:,} samples over {len(config.get('variants') or [1])} variant(s); {TRAIN_SOURCE}"
     )
     return hours, notes
-
-
-def _sapiens_key(name: str) -> str:
-    key = name.lower()
-    return key if key.startswith("sapiens_") else f"sapiens_{key}"
 
 
 def capture_size(config: dict[str, Any]) -> tuple[CaptureSize, str]:

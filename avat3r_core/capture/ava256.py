@@ -297,20 +297,6 @@ class Ava256Capture(CaptureReader):
         path = self._image_zip(camera)
         return path.exists() and f"cam{camera}/{frame:06d}.avif" in self._member_names(path)
 
-    def _checked(
-        self, pixels: np.ndarray, what: str, camera: str, frame: int | None, file: str
-    ) -> np.ndarray:
-        if pixels.shape[:2] != self.image_size():
-            raise CaptureError(
-                f"{what} is {pixels.shape[1]}x{pixels.shape[0]}, expected "
-                f"{self.image_size()[1]}x{self.image_size()[0]}",
-                subject=self.subject,
-                camera=camera,
-                frame=frame,
-                file=file,
-            )
-        return pixels
-
     def image(self, camera: str, frame: int) -> np.ndarray:
         self._require_camera(camera)
         path = self._image_zip(camera)
@@ -318,7 +304,7 @@ class Ava256Capture(CaptureReader):
         data = self._read_member(path, member, camera=camera, frame=frame)
         where = f"{path}:{member}"
         pixels = self._decode_image(data, "RGB", camera=camera, frame=frame, file=where)
-        return self._checked(pixels, "image", camera, frame, where)
+        return self.checked_size(pixels, "image", camera, frame, where)
 
     def background(self, camera: str) -> np.ndarray:
         self._require_camera(camera)
@@ -326,7 +312,7 @@ class Ava256Capture(CaptureReader):
         member = f"{camera}.avif"
         data = self._read_member(path, member, camera=camera, missing="missing background plate")
         where = f"{path}:{member}"
-        return self._checked(
+        return self.checked_size(
             self._decode_image(data, "RGB", camera=camera, frame=None, file=where),
             "plate",
             camera,
@@ -340,7 +326,7 @@ class Ava256Capture(CaptureReader):
         member = f"{frame:06d}.avif"
         data = self._read_member(path, member, camera=camera, frame=frame)
         where = f"{path}:{member}"
-        return self._checked(
+        return self.checked_size(
             self._decode_image(data, "L", camera=camera, frame=frame, file=where),
             "mask",
             camera,

@@ -14,6 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
+from avat3r_core.errors import CaptureError
 from avat3r_core.geometry.cameras import Camera
 
 
@@ -56,6 +57,22 @@ class CaptureReader(ABC):
         for item in self.frames():
             out.setdefault(item.segment, []).append(item.frame)
         return out
+
+    def checked_size(
+        self, pixels: np.ndarray, what: str, camera: str, frame: int | None, file: object
+    ) -> np.ndarray:
+        """``pixels`` if it has the subject's image size, else a CaptureError naming subject, camera, frame
+        and file (a stage must never crop an image of another size with this size's intrinsics)."""
+        if pixels.shape[:2] != self.image_size():
+            raise CaptureError(
+                f"{what} is {pixels.shape[1]}x{pixels.shape[0]}, expected "
+                f"{self.image_size()[1]}x{self.image_size()[0]}",
+                subject=self.subject,
+                camera=camera,
+                frame=frame,
+                file=file,
+            )
+        return pixels
 
     # -- pixels --------------------------------------------------------------------------------------
     @abstractmethod

@@ -607,16 +607,7 @@ class NeRSembleCapture(CaptureReader):
             raise CaptureError(
                 f"unreadable video: {exc}", subject=self.subject, camera=camera, frame=frame, file=path
             ) from None
-        if pixels.shape[:2] != self.image_size():
-            raise CaptureError(
-                f"frame is {pixels.shape[1]}x{pixels.shape[0]}, "
-                f"expected {self.image_size()[1]}x{self.image_size()[0]}",
-                subject=self.subject,
-                camera=camera,
-                frame=frame,
-                file=path,
-            )
-        return pixels
+        return self.checked_size(pixels, "frame", camera, frame, path)
 
     def image(self, camera: str, frame: int) -> np.ndarray:
         return self._decode(camera, frame, "images")

@@ -47,22 +47,13 @@ from torch import Tensor, nn
 
 from avat3r_core.errors import Avat3rError
 from avat3r_core.models.keys import key_mismatch, name_keys
+from avat3r_core.models.sapiens_archs import PATCH_SIZE, PRETRAIN_IMG_SIZE, SAPIENS_ARCHS, sapiens_arch_key
 from avat3r_core.store.atomic import atomic_path
 
-PATCH_SIZE = 16
-PRETRAIN_IMG_SIZE = 1024
 # SelfSupDataPreprocessor in the pretrain configs: ImageNet statistics on the 0..255 scale, RGB order.
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
 IMAGENET_STD_255 = (58.395, 57.12, 57.375)
 RANDOM_WEIGHTS_MARKER = "avat3r.random_weights"
-
-# mmpretrain `VisionTransformer.arch_zoo` entries for the released pretrain models (FFN = 4 x width).
-SAPIENS_ARCHS: dict[str, dict[str, int]] = {
-    "sapiens_0.3b": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
-    "sapiens_0.6b": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
-    "sapiens_1b": {"embed_dim": 1536, "depth": 40, "num_heads": 24},
-    "sapiens_2b": {"embed_dim": 1920, "depth": 48, "num_heads": 32},
-}
 
 # mmpretrain (left) -> timm (right). Shapes and the fused qkv order are identical, so renaming is all it
 # takes. The top-level `ln1` (final norm) must not be confused with the per-block `layers.N.ln1`; the
@@ -111,12 +102,12 @@ def sapiens_config(name: str) -> dict[str, Any]:
 
     A plain dict so that tests and callers can shrink it (`{**sapiens_config("sapiens_2b"), "depth": 2}`).
     """
-    key = name.lower()
-    if not key.startswith("sapiens_"):
-        key = f"sapiens_{key}"
-    if key not in SAPIENS_ARCHS:
-        raise ValueError(f"unknown Sapiens model {name!r}; known: {', '.join(SAPIENS_ARCHS)}")
-    return {**SAPIENS_ARCHS[key], "mlp_ratio": 4.0, "patch_size": PATCH_SIZE, "img_size": PRETRAIN_IMG_SIZE}
+    return {
+        **SAPIENS_ARCHS[sapiens_arch_key(name)],
+        "mlp_ratio": 4.0,
+        "patch_size": PATCH_SIZE,
+        "img_size": PRETRAIN_IMG_SIZE,
+    }
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:

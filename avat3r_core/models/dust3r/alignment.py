@@ -261,6 +261,27 @@ def _subsample(mask: torch.Tensor, limit: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def pair_tensors(
+    pred: Mapping[str, torch.Tensor], pair_list: Sequence[tuple[int, int]], n_views: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pairwise predictions as the alignments use them (known and free cameras alike).
+
+    Returns points (P, 2, HW, 3) and confidences (P, 2, HW) of both views of each pair, the loss weights
+    log(conf) (upstream's conf='log'; DUSt3R's conf is >= 1, the clamp guards other producers against
+    negatives) and each view's best confidence over its pairs (N, HW, at least 1).
+    """
+    n_pairs, height, width = (int(s) for s in pred["pts3d_1"].shape[:3])
+    n_pix = height * width
+    pts = torch.stack([pred["pts3d_1"], pred["pts3d_2_in_1"]], 1).reshape(n_pairs, 2, n_pix, 3)
+    conf = torch.stack([pred["conf_1"], pred["conf_2"]], 1).reshape(n_pairs, 2, n_pix)
+    weights = conf.clamp_min(1.0).log()
+    im_conf = torch.ones(n_views, n_pix, dtype=torch.float64)
+    for p, (i, j) in enumerate(pair_list):
+        im_conf[i] = torch.maximum(im_conf[i], conf[p, 0])
+        im_conf[j] = torch.maximum(im_conf[j], conf[p, 1])
+    return pts, conf, weights, im_conf
+
+
 def minimise_cosine_adam(
     params: Sequence[torch.Tensor],
     loss_fn: Callable[[], torch.Tensor],
@@ -339,14 +360,7 @@ def align_known_cameras(
     ej = torch.tensor([j for _, j in pair_list])
     centres, rays = _camera_rays(cameras, height, width)  # float64
     forwards = torch.as_tensor(np.stack([cam.w2c[2, :3] for cam in cameras]))
-    pts = torch.stack([pred["pts3d_1"], pred["pts3d_2_in_1"]], 1).reshape(n_pairs, 2, n_pix, 3)
-    conf = torch.stack([pred["conf_1"], pred["conf_2"]], 1).reshape(n_pairs, 2, n_pix)
-    # Upstream conf='log' weights; DUSt3R's conf is >= 1, clamp guards other producers against negatives.
-    weights = conf.clamp_min(1.0).log()
-    im_conf = torch.ones(n_views, n_pix, dtype=torch.float64)
-    for p, (i, j) in enumerate(pair_list):
-        im_conf[i] = torch.maximum(im_conf[i], conf[p, 0])
-        im_conf[j] = torch.maximum(im_conf[j], conf[p, 1])
+    pts, conf, weights, im_conf = pair_tensors(pred, pair_list, n_views)
 
     # Rotation and scale act about each pair's weighted centroid (module docstring says why).
     wsum = weights.sum((1, 2)).clamp_min(1e-12)

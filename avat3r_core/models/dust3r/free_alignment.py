@@ -47,7 +47,11 @@ import numpy as np
 import torch
 
 from avat3r_core.geometry.cameras import Camera, pixel_centers
-from avat3r_core.models.dust3r.alignment import AlignmentDivergedError, minimise_cosine_adam
+from avat3r_core.models.dust3r.alignment import (
+    AlignmentDivergedError,
+    minimise_cosine_adam,
+    pair_tensors,
+)
 
 __all__ = [
     "FreeAlignmentResult",
@@ -309,13 +313,7 @@ def align_free_cameras(
     pp = torch.tensor([[width / 2.0, height / 2.0]] * n_views, dtype=torch.float64)
     if principal is not None:
         pp = torch.as_tensor(np.asarray(principal, dtype=np.float64)).reshape(n_views, 2)
-    pts = torch.stack([pred["pts3d_1"], pred["pts3d_2_in_1"]], 1).reshape(n_pairs, 2, n_pix, 3)
-    conf = torch.stack([pred["conf_1"], pred["conf_2"]], 1).reshape(n_pairs, 2, n_pix)
-    weights = conf.clamp_min(1.0).log()
-    im_conf = torch.ones(n_views, n_pix, dtype=torch.float64)
-    for p, (i, j) in enumerate(pair_list):
-        im_conf[i] = torch.maximum(im_conf[i], conf[p, 0])
-        im_conf[j] = torch.maximum(im_conf[j], conf[p, 1])
+    pts, conf, weights, im_conf = pair_tensors(pred, pair_list, n_views)
     scores = {}
     for p, e in enumerate(pair_list):
         scores[e] = max(scores.get(e, -math.inf), float(conf[p, 0].mean() * conf[p, 1].mean()))
