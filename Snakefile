@@ -46,7 +46,10 @@ rule all:
     default_target: True
     input:
         f"{RESULTS}/dataset_index.json",
-        expand(f"{RESULTS}/evaluate/{{variant}}/metrics.json", variant=VARIANTS),
-        multiext(f"{RESULTS}/evaluate/summary", ".csv", ".json", ".png"),
+        expand(f"{RESULTS}/evaluate/{{variant}}/metrics.json", variant=EVALUATED),
+        # the comparison table (none when nothing is scored: an evaluation-only capture without models)
+        multiext(f"{RESULTS}/evaluate/summary", ".csv", ".json", ".png")
+        if EVALUATED
+        else [],
         # The report's figures (cheap), so that a bare `snakemake --report report.html` shows them.
         rules.report_figures.output,

@@ -54,16 +54,21 @@ def cmd_synthetic(args: argparse.Namespace) -> None:
     root = Path(args.out or config["capture"]["root"])
     groundtruth = Path(args.groundtruth or section["groundtruth"])
     layout = args.layout or section.get("layout", "ava256")
+    tracking = bool(args.with_tracking or section.get("tracking", False))
     if layout == "nersemble":
         from avat3r_core.capture.synthetic.nersemble_writer import generate_synthetic_nersemble
 
-        tracking = bool(args.with_tracking or section.get("tracking", False))
         generate_synthetic_nersemble(
             root, groundtruth, synthetic_config(section), tracking=tracking, progress=not args.quiet
         )
     else:
         generate_synthetic_capture(
-            root, groundtruth, synthetic_config(section), workers=args.workers, progress=not args.quiet
+            root,
+            groundtruth,
+            synthetic_config(section),
+            workers=args.workers,
+            progress=not args.quiet,
+            tracking=tracking,
         )
     log.info("synthetic %s-layout capture written to %s (ground truth in %s)", layout, root, groundtruth)
 
@@ -175,11 +180,18 @@ def cmd_shards(args: argparse.Namespace) -> None:
 
 
 def cmd_dataset_index(args: argparse.Namespace) -> None:
+    from avat3r_core.config import is_evaluation_only
     from avat3r_core.stages.shards import write_dataset_index
 
     config = _config(args)
     shards = {Path(path).parent.name: Path(path) for path in args.shards}
-    write_dataset_index(shards, config["shards"], args.out)
+    write_dataset_index(
+        shards,
+        config["shards"],
+        args.out,
+        dataset=args.dataset,
+        evaluation_only=is_evaluation_only(config["capture"]),
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -449,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--with-tracking",
         action="store_true",
-        help="nersemble layout: also write benchmark-format FLAME tracking (default: synthetic.tracking)",
+        help="also write FLAME tracking: the benchmark npz (nersemble), GAGAvatar optim.pkl (ava256) "
+        "(default: synthetic.tracking)",
     )
 
     p = add("capture-index", cmd_capture_index, "index one subject: cameras, frames, gaps, head poses")
@@ -512,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shards", required=True, nargs="+", help="{results}/{subject}/shard.zarr of every subject"
     )
+    p.add_argument("--dataset", default="unknown", help="the dataset's name, recorded in the index")
     p.add_argument("--out", required=True, type=Path, help="dataset_index.json to write")
 
     p = add("train", cmd_train, "train the reconstruction model from the shards (torchrun for many GPUs)")

@@ -127,37 +127,31 @@ def is_evaluation_only(capture: Mapping[str, Any]) -> bool:
     return capture.get("dataset") == "nersemble" if value is None else bool(value)
 
 
-def refuse_training_split(capture: Mapping[str, Any], splits: Mapping[str, str]) -> None:
-    """Raise ConfigError if an evaluation-only capture has a subject in the train split."""
-    if not is_evaluation_only(capture):
-        return
-    train = sorted(subject for subject, split in splits.items() if split == "train")
-    if train:
-        raise ConfigError(
-            "capture.evaluation_only",
-            f"the {capture.get('dataset')} capture is evaluation-only, but subject(s) {', '.join(train)} "
-            "would be in the train split: put every subject in shards.test_subjects / "
-            f"validation_subjects (or set shards.test_count to {len(splits)}), or set "
-            "capture.evaluation_only: false",
-        )
-
-
-def check_evaluation_only(config: Mapping[str, Any], subjects: list[str]) -> None:
-    """Refuse a run whose `shards` split would train on an evaluation-only capture (the splits are those
-    `stages.shards.assign_splits` gives the dataset index)."""
-    capture = config["capture"]
-    if not is_evaluation_only(capture):
-        return
-    from avat3r_core.stages.shards import assign_splits
-
-    refuse_training_split(capture, assign_splits(list(subjects), config["shards"]))
-
-
 def dataset_name(config: Mapping[str, Any]) -> str:
-    """The protocol's dataset name: evaluate.protocol.dataset, else `synthetic` or capture.dataset."""
+    """The run's dataset name (protocol, dataset index, what a model records it trained on):
+    evaluate.protocol.dataset, else `synthetic` (`synthetic_nersemble` for that layout) or capture.dataset."""
     named = (config.get("evaluate", {}).get("protocol") or {}).get("dataset")
     if named:
         return str(named)
-    if config.get("synthetic", {}).get("enabled"):
-        return "synthetic"
+    synthetic = config.get("synthetic", {})
+    if synthetic.get("enabled"):
+        layout = synthetic.get("layout", "ava256")
+        return "synthetic" if layout == "ava256" else f"synthetic_{layout}"
     return str(config.get("capture", {}).get("dataset", "unknown"))
+
+
+def trained_variants(config: Mapping[str, Any]) -> list[str]:
+    """The variants this run trains: none on an evaluation-only capture (its subjects are all held out)."""
+    if is_evaluation_only(config["capture"]):
+        return []
+    return list(config.get("variants") or {"base": {}})
+
+
+def evaluated_models(config: Mapping[str, Any]) -> dict[str, str | None]:
+    """Name -> model file of everything this run scores: its trained variants (None: the train rule's
+    model.pt) and `evaluate.models` trained elsewhere. A name used for both is an error."""
+    external = dict(config.get("evaluate", {}).get("models") or {})
+    clash = sorted(set(external) & set(config.get("variants") or {}))
+    if clash:
+        raise ConfigError("evaluate.models", f"{', '.join(clash)} also named in variants: rename one")
+    return {**dict.fromkeys(trained_variants(config)), **external}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from avat3r_core.config import variant_sections
+from avat3r_core.config import evaluated_models, trained_variants, variant_sections
 from avat3r_core.models.sapiens_archs import PATCH_SIZE, SAPIENS_ARCHS, sapiens_arch_key
 
 AVIF_BYTES_PER_PIXEL = 27_511 / 667**2  # benchmarks/supervision_storage.py, quality 90
@@ -111,13 +111,14 @@ def plan(config: dict[str, Any], size: CaptureSize) -> dict[str, Any]:
         "features": input_views * grid * grid * channels * 2,
     }
     gpu_hours, gpu_notes = _gpu_hours(config, size, input_views, supervision_views)
+    trained, evaluated = trained_variants(config), evaluated_models(config)
     return {
         "input_timesteps": input_t,
         "supervision_timesteps": supervision_t,
         "input_views_per_subject": input_views,
         "supervision_views_per_subject": supervision_views,
         "jobs": {**{stage: size.subjects for stage in PER_SUBJECT_STAGES}, "dataset_index": 1}
-        | {"train": len(config["variants"]), "protocol": 1, "evaluate": len(config["variants"]), "gather": 1}
+        | {"train": len(trained), "protocol": 1, "evaluate": len(evaluated), "gather": int(bool(evaluated))}
         | ({"synthetic_capture": 1} if config["synthetic"]["enabled"] else {}),
         "bytes_per_subject": per_subject,
         "bytes_total": {stage: n * size.subjects for stage, n in per_subject.items()},
@@ -172,12 +173,15 @@ def _gpu_hours(
         hours["sapiens"] = 0.0
         notes["sapiens"] = "no checkpoint: tiny random network on the CPU"
     samples = 0
-    for variant in config.get("variants") or {"base": {}}:
+    trained = trained_variants(config)
+    for variant in trained:
         train = variant_sections(config, variant)["train"]
         samples += train["steps"] * train["batch_size"] * max(train["gpus"], 1)
     hours["train"] = samples * PAPER_TRAIN_GPU_S_PER_SAMPLE / 3600
     notes["train"] = (
-        f"{samples:,} samples over {len(config.get('variants') or [1])} variant(s); {TRAIN_SOURCE}"
+        f"{samples:,} samples over {len(trained)} variant(s); {TRAIN_SOURCE}"
+        if trained
+        else "evaluation-only capture: nothing is trained"
     )
     return hours, notes
 

@@ -15,8 +15,13 @@ SUBJECTS = subject_ids(config)
 
 
 def sections(*names):
-    """Config sections as canonical JSON params, so that a change reruns exactly the jobs that use them."""
-    return section_json({name: config[name] for name in names})
+    """Config sections as canonical JSON params, so that a change reruns exactly the jobs that use them.
+
+    A function, not a string: Snakemake would read the braces of path templates in the config (such as
+    capture.flame_tracking "{root}/gagavatar/{subject}/optim.pkl") as wildcards of a string param.
+    """
+    text = section_json({name: config[name] for name in names})
+    return lambda wildcards: text
 
 
 def capture_input(wildcards):
@@ -60,7 +65,11 @@ def positions_groundtruth_arg(wildcards):
     return groundtruth_arg(wildcards)
 
 
-VARIANTS = list(config["variants"])
+# Trained here (none on an evaluation-only capture), and scored here: those plus evaluate.models.
+from avat3r_core.config import evaluated_models, trained_variants
+
+VARIANTS = trained_variants(config)
+EVALUATED = evaluated_models(config)
 
 
 def variant_json(wildcards):
@@ -70,13 +79,31 @@ def variant_json(wildcards):
     return section_json(variant_sections(config, wildcards.variant))
 
 
+def evaluate_model(wildcards):
+    """The model file a `variant` evaluation scores: the train rule's, or one named in evaluate.models."""
+    return (
+        EVALUATED[wildcards.variant] or f"{RESULTS}/train/{wildcards.variant}/model.pt"
+    )
+
+
 def evaluate_json(wildcards):
-    """The variant's sections plus the evaluate section, and positions when joint DUSt3R maps are made."""
+    """The variant's sections plus the evaluate section, and positions when joint DUSt3R maps are made.
+    A model trained elsewhere brings its own model and train sections: only the keys of this run's train
+    section that evaluation reads (renderer, device, LPIPS files) are passed."""
     from avat3r_core.config import variant_sections
 
-    chosen = dict(
-        variant_sections(config, wildcards.variant), evaluate=config["evaluate"]
-    )
+    if EVALUATED[wildcards.variant]:
+        train = config["train"]
+        loss = {k: train["loss"][k] for k in ("lpips_alexnet", "lpips_heads")}
+        chosen = dict(
+            train=dict(renderer=train["renderer"], device=train["device"], loss=loss),
+            evaluate={k: v for k, v in config["evaluate"].items() if k != "models"},
+        )
+    else:
+        chosen = dict(
+            variant_sections(config, wildcards.variant),
+            evaluate={k: v for k, v in config["evaluate"].items() if k != "models"},
+        )
     if config["evaluate"]["positions"] == "joint":
         chosen["positions"] = config["positions"]
     return section_json(chosen)
@@ -90,7 +117,7 @@ def protocol_json(wildcards):
     )
 
 
-def protocol_dataset(wildcards):
+def dataset_label(wildcards):
     """The dataset name written into the protocol (evaluate.protocol.dataset, synthetic or capture.dataset)."""
     from avat3r_core.config import dataset_name
 

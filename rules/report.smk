@@ -102,7 +102,7 @@ rule report_figures:
         expand(rules.report_subject.output, subject=SUBJECTS),
         expand(rules.report_training.output, variant=VARIANTS),
         # The comparison across variants (rule gather), so that the report's DAG holds it too.
-        rules.gather.output,
+        rules.gather.output if EVALUATED else [],
     output:
         f"{REPORT}/figures.json",
     log:

@@ -36,7 +36,10 @@ rule dataset_index:
     conda:
         "../envs/preprocess.yaml"
     params:
-        config=sections("shards"),
+        # capture: whether it is evaluation-only (every subject held out)
+        config=sections("capture", "shards"),
+        dataset=dataset_label,
         version=STAGE_VERSIONS["dataset_index"],
     shell:
-        "avat3r dataset-index --config {params.config:q} --shards {input:q} --out {output:q} > {log:q} 2>&1"
+        "avat3r dataset-index --config {params.config:q} --dataset {params.dataset:q} --shards {input:q}"
+        " --out {output:q} > {log:q} 2>&1"

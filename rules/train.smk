@@ -48,7 +48,7 @@ rule protocol:
         "../envs/train.yaml"
     params:
         config=protocol_json,
-        dataset=protocol_dataset,
+        dataset=dataset_label,
         version=STAGE_VERSIONS["protocol"],
     shell:
         "avat3r protocol --config {params.config:q} --dataset {params.dataset:q} --index {input.index:q}"
@@ -57,7 +57,8 @@ rule protocol:
 
 rule evaluate:
     input:
-        model=f"{RESULTS}/train/{{variant}}/model.pt",
+        # the train rule's model.pt, or a model trained elsewhere (evaluate.models)
+        model=evaluate_model,
         index=f"{RESULTS}/dataset_index.json",
         # read through the dataset index (recon/data.py): declared, so that a missing one is rebuilt
         views=expand(f"{RESULTS}/{{subject}}/views.json", subject=SUBJECTS),
@@ -87,7 +88,7 @@ rule evaluate:
 
 rule gather:
     input:
-        expand(f"{RESULTS}/evaluate/{{variant}}/metrics.json", variant=VARIANTS),
+        expand(f"{RESULTS}/evaluate/{{variant}}/metrics.json", variant=EVALUATED),
     output:
         csv=f"{RESULTS}/evaluate/summary.csv",
         json=f"{RESULTS}/evaluate/summary.json",

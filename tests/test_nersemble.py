@@ -42,9 +42,10 @@ from avat3r_core.capture.synthetic.nersemble_writer import (
     write_video,
 )
 from avat3r_core.capture.synthetic.render import clean_plate
-from avat3r_core.config import REPO_ROOT, check_evaluation_only, validate_config
+from avat3r_core.config import REPO_ROOT, evaluated_models, trained_variants, validate_config
 from avat3r_core.errors import CaptureError, ConfigError
 from avat3r_core.stages.capture_index import build_capture_index
+from avat3r_core.stages.shards import assign_splits
 from tests.test_workflow import run_snakemake
 
 CFG = SyntheticConfig(
@@ -418,22 +419,24 @@ def test_camera_missing_from_the_calibration(capture, copy):
 
 
 # -- configuration and the evaluation-only guard -------------------------------------------------------------
-def test_config_and_training_split_refusal(capture):
+def test_evaluation_only_capture_trains_nothing(capture):
     root, _ = capture
     config = validate_config({"results": "r", "capture": {"dataset": "nersemble", "root": str(root)}})
     assert config["capture"]["nersemble"]["head_pose"] == "auto"
-    with pytest.raises(ConfigError, match=r"capture\.evaluation_only") as info:
-        subject_ids(config)  # default shards: the last subject tests, the other would train
-    assert "001" in str(info.value) and "train split" in str(info.value)
-    everyone = validate_config({**config, "shards": {"test_subjects": ["001", "002"]}})
-    assert subject_ids(everyone) == ["001", "002"]
+    assert subject_ids(config) == ["001", "002"]
+    # default shards (test_count 1) would train on 001: an evaluation-only capture holds everyone out
+    assert trained_variants(config) == []
+    assert assign_splits(["001", "002"], config["shards"], evaluation_only=True) == {
+        "001": "test",
+        "002": "test",
+    }
+    assert assign_splits(["001", "002"], config["shards"]) == {"001": "train", "002": "test"}
+    scored = validate_config({**config, "evaluate": {"models": {"ava": "m.pt"}}})
+    assert evaluated_models(scored) == {"ava": "m.pt"}
     allowed = validate_config({**config, "capture": {**config["capture"], "evaluation_only": False}})
-    assert subject_ids(allowed) == ["001", "002"]
-    ava = validate_config(
-        {"results": "r", "capture": {"dataset": "ava256", "root": "x", "evaluation_only": True}}
-    )
-    with pytest.raises(ConfigError, match="evaluation-only"):
-        check_evaluation_only(ava, ["AAA001", "AAB002"])
+    assert trained_variants(allowed) == ["base"] and evaluated_models(allowed) == {"base": None}
+    with pytest.raises(ConfigError, match=r"evaluate\.models.*base also named in variants"):
+        evaluated_models(validate_config({**allowed, "evaluate": {"models": {"base": "m.pt"}}}))
     with pytest.raises(ConfigError, match="flame_dims"):
         validate_config(
             {"results": "r", "capture": {"dataset": "nersemble", "root": "x", "flame_dims": {"jaw": 2}}}

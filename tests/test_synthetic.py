@@ -16,6 +16,7 @@ from PIL import Image
 from plyfile import PlyData
 from scipy.spatial import cKDTree
 
+from avat3r_core.capture import open_capture
 from avat3r_core.capture.synthetic import (
     BLEND_WEIGHT_NAMES,
     SyntheticConfig,
@@ -25,6 +26,7 @@ from avat3r_core.capture.synthetic import (
     synthetic_capture_folder,
     synthetic_subject_ids,
 )
+from avat3r_core.config import validate_sections
 from avat3r_core.geometry.raster import rasterize
 
 CFG = SyntheticConfig(n_subjects=2, n_cameras=6, frames_per_segment=2, downsample=32, seed=3)
@@ -36,7 +38,7 @@ DEPTH_TOLERANCE_MM = 0.5
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic_capture(base / "capture", base / "gt", CFG, workers=2, progress=False)
+    generate_synthetic_capture(base / "capture", base / "gt", CFG, workers=2, progress=False, tracking=True)
     return base / "capture", base / "gt"
 
 
@@ -397,6 +399,28 @@ def test_expression_codes_decode_to_blend_weights(capture: tuple[Path, Path]) ->
         np.testing.assert_allclose(decode_blend_weights(codes[frames[0]]), weights[0], atol=0.03)
         jaw = weights[:, BLEND_WEIGHT_NAMES.index("jaw_open")]
         assert jaw.max() > 0.3  # the jaw segments open the mouth
+
+
+def test_flame_codes_are_the_blend_weights(capture: tuple[Path, Path]) -> None:
+    # synthetic.tracking: GAGAvatar-format FLAME codes, read back through the flame_gagavatar source as
+    # configs/flame_codes.yaml sets it up; expression = blend weights then zeros, jaw and eyes zero
+    root, gt = capture
+    section = {
+        "dataset": "ava256",
+        "root": str(root),
+        "expression_source": "flame_gagavatar",
+        "flame_tracking": "{root}/gagavatar/{subject}/optim.pkl",
+        "flame_video": "{segment}",
+    }
+    for sid in synthetic_subject_ids(CFG):
+        reader = open_capture(validate_sections({"capture": section})["capture"], sid)
+        assert reader.expression_source == "flame_gagavatar"
+        weights = np.load(gt / sid / "blend_weights.npy")
+        frames = [f for _, f in _frames(root, sid)]
+        codes = np.stack([reader.expression_code(f) for f in frames])
+        assert codes.shape == (len(frames), 109)
+        np.testing.assert_array_equal(codes[:, : len(BLEND_WEIGHT_NAMES)], weights)
+        assert not codes[:, len(BLEND_WEIGHT_NAMES) :].any()
 
 
 def test_head_moves_and_cameras_surround_it(capture: tuple[Path, Path]) -> None:

@@ -35,14 +35,7 @@ def subject_ids(config: dict[str, Any]) -> list[str]:
     else:
         csv_path = Path(capture["subjects_csv"]) if capture.get("subjects_csv") else None
         available = [s.sid for s in discover_subjects(Path(capture["root"]), csv_path)]
-    subjects = select_subjects(available, capture.get("subjects", []), capture.get("max_subjects"))
-    if "shards" in config:
-        # The run's subjects and the shards section fix the train split: refuse an evaluation-only capture
-        # there, when the DAG is built, instead of after hours of preprocessing.
-        from avat3r_core.config import check_evaluation_only
-
-        check_evaluation_only(config, subjects)
-    return subjects
+    return select_subjects(available, capture.get("subjects", []), capture.get("max_subjects"))
 
 
 def synthetic_config(section: dict[str, Any]):

@@ -30,6 +30,9 @@ class CaptureReader(ABC):
     """Lazy access to one subject of a multi-view head capture."""
 
     dataset: str
+    expression_source: str = "ava256"
+    """Where `expression_code` comes from (`capture.expressions.EXPRESSION_SOURCES`); set by
+    `open_capture` from `capture.expression_source`."""
 
     def __init__(self, subject: str) -> None:
         self.subject = subject

@@ -396,6 +396,7 @@ def attach_expression_source(reader: CaptureReader, capture: Mapping[str, Any]) 
     function = code_function(reader, capture)
     if function is not None:
         reader.expression_code = function  # type: ignore[method-assign]
+    reader.expression_source = expression_source(capture)
     return reader
 
 

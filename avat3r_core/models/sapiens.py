@@ -27,6 +27,7 @@ the 0..255 scale.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import re
@@ -491,6 +492,11 @@ class SapiensFeatures(nn.Module):
         batch = squash_resize(_as_uint8_batch(images), self.input_size)
         return normalize(torch.from_numpy(batch)).to(self.device)
 
+    def fingerprint(self) -> str:
+        """Which weights at which squash size: a model trained on features of one extractor is evaluated on
+        features of the same one (`recon.compat`). See `weights_fingerprint`."""
+        return f"{weights_fingerprint(self.network)}@{self.input_size[0]}x{self.input_size[1]}"
+
     @torch.inference_mode()
     def forward(self, images: np.ndarray | Tensor) -> Tensor:
         batch = _as_uint8_batch(images)
@@ -500,6 +506,30 @@ class SapiensFeatures(nn.Module):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 outputs.append(self.network(x).float())
         return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+FINGERPRINT_SAMPLES = 256
+
+
+@torch.inference_mode()
+def weights_fingerprint(network: nn.Module) -> str:
+    """16 hex digits naming a network's weights, cheap for 2B parameters and blind to how they are stored.
+
+    Per tensor: its shape and FINGERPRINT_SAMPLES evenly spaced values rounded to bfloat16 (the fp32 state
+    dict and the bf16 export of one model agree); the per-tensor digests are sorted, so key names and order
+    (timm's or mmpretrain's, TorchScript's) do not matter. Different trainings or random initialisations
+    differ in practically every sampled value.
+    """
+    digests = []
+    for tensor in network.state_dict().values():
+        if not isinstance(tensor, Tensor) or not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        flat = tensor.detach().reshape(-1)
+        picks = torch.linspace(0, flat.numel() - 1, min(FINGERPRINT_SAMPLES, flat.numel())).long()
+        values = flat[picks.to(flat.device)].to(torch.bfloat16).float().cpu().numpy()
+        digest = hashlib.sha256(str(tuple(tensor.shape)).encode() + values.tobytes()).hexdigest()
+        digests.append(digest)
+    return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:16]
 
 
 def load_sapiens(

@@ -48,6 +48,7 @@ from avat3r_core.metrics.image import psnr, ssim
 from avat3r_core.metrics.video import jod
 from avat3r_core.recon.baselines import camera_mean_images, nearest_input_view, view_splats
 from avat3r_core.recon.checkpoint import load_checkpoint, load_model_weights
+from avat3r_core.recon.compat import DataSignature, check_model_fits_data, index_signature, load_index
 from avat3r_core.recon.data import Avat3rShardDataset
 from avat3r_core.recon.model import Avat3rModel, ModelConfig
 from avat3r_core.recon.predict import render_supervision, to_device, to_uint8
@@ -87,6 +88,10 @@ METRIC_DEFAULTS: dict[str, Any] = {
 
 class EvaluationError(Avat3rError):
     """Inputs the scoring cannot compare (e.g. renders and targets of different sizes)."""
+
+
+def _has_split(index: str | Path, split: str) -> bool:
+    return any(e.get("split") == split for e in load_index(index)["subjects"].values())
 
 
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Avat3rModel, dict]:
@@ -296,7 +301,19 @@ def evaluate_heldout(
     n_views = int(train_cfg["n_views"])
     dataset = ProtocolDataset(index, protocol, n_views)
     items = dataset.items if max_items is None else dataset.items[:max_items]
-    means = camera_mean_images(Avat3rShardDataset(index, split="train", n_views=1, n_candidates=1))
+    scored = index_signature(index, subjects={avatar["subject"] for avatar in protocol["avatars"]})
+    compatibility = check_model_fits_data(config.get("data"), scored)
+    for note in compatibility:
+        log.warning("%s", note)
+    trained_on = (config.get("data") or {}).get("dataset")
+    mean_split = "train" if _has_split(index, "train") else protocol.get("split", split)
+    if mean_split != "train":
+        log.warning(
+            "mean-image baseline: the index has no training subjects (an evaluation-only capture), so it "
+            "averages the %s subjects, the scored ones included: an optimistic baseline",
+            mean_split,
+        )
+    means = camera_mean_images(Avat3rShardDataset(index, split=mean_split, n_views=1, n_candidates=1))
 
     lpips, lpips_reason = _lpips_module(metrics, train_cfg.get("loss", {}))
     if lpips is not None:
@@ -362,6 +379,14 @@ def evaluate_heldout(
             "sha256": protocol_digest(protocol),
         },
         "split": protocol.get("split"),
+        # what the model trained on and what it is scored on (recon/compat.py): another dataset is the
+        # paper's out-of-domain protocol (a model trained on Ava-256, scored on NeRSemble)
+        "trained_on": config.get("data"),
+        "scored_on": scored.as_dict(),
+        "cross_dataset": trained_on is not None and trained_on != scored.dataset,
+        "compatibility_notes": compatibility,
+        "mean_image_from": f"{mean_split} split"
+        + ("" if mean_split == "train" else " (scored subjects included)"),
         "positions": positions,
         "size": size,
         "n_views": n_views,
@@ -612,6 +637,17 @@ def write_summary_html(summary: Mapping[str, Any], grid: np.ndarray | None, path
             )
         ),
     ]
+    trained, scored = summary.get("trained_on"), summary.get("scored_on")
+    if scored:
+        trained_text = DataSignature.from_dict(trained).describe() if trained else "unrecorded"
+        parts.append(
+            "<p>{}Model trained on {}; scored on {}. Mean image from the {}.</p>".format(
+                "<b>Cross-dataset.</b> " if summary.get("cross_dataset") else "",
+                html.escape(trained_text),
+                html.escape(DataSignature.from_dict(scored).describe()),
+                html.escape(str(summary.get("mean_image_from"))),
+            )
+        )
     for split, methods in summary["results"].items():
         parts.append(f"<h2>{html.escape(split)}</h2><table><tr><th>method</th><th>views</th>")
         parts += [f"<th>{html.escape(names[m])}</th>" for m in METRICS]

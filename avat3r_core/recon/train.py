@@ -42,6 +42,7 @@ from avat3r_core.recon.checkpoint import (
     save_checkpoint,
     unwrap,
 )
+from avat3r_core.recon.compat import DataSignature, training_signature
 from avat3r_core.recon.data import Avat3rShardDataset, WeightedConcat
 from avat3r_core.recon.distributed import (
     DistributedContext,
@@ -131,8 +132,13 @@ def _build_dataset(train: Mapping[str, Any], index: Path, seed: int) -> Any:
     return WeightedConcat(members, weights, length=length, seed=seed)
 
 
-def check_data_fits_model(dataset: Any, cfg: ModelConfig) -> None:
+def check_data_fits_model(dataset: Any, cfg: ModelConfig, signature: DataSignature | None = None) -> None:
     """Fail before training when a shard was built for another config than the model's."""
+    if signature is not None and signature.expression_dim and signature.expression_dim != cfg.expression_dim:
+        raise TrainingError(
+            f"the {signature.expression_source} expression codes are {signature.expression_dim}-d, the model "
+            f"takes {cfg.expression_dim} (set model.expression_dim: {signature.expression_dim})"
+        )
     members = dataset.datasets if isinstance(dataset, WeightedConcat) else [dataset]
     for member in members:
         for subject in member.subjects:
@@ -200,7 +206,9 @@ class Trainer:
         seed = int(self.train_cfg["seed"])
 
         self.dataset = _build_dataset(self.train_cfg, Path(index), seed)
-        check_data_fits_model(self.dataset, self.model_cfg)
+        signature = training_signature(index, self.train_cfg["mix"])
+        check_data_fits_model(self.dataset, self.model_cfg, signature)
+        self.resolved["data"] = signature.as_dict()  # what evaluation checks its data against (compat.py)
         torch.manual_seed(seed)  # identical initial weights on every rank
         model = Avat3rModel(self.model_cfg)
         precision = self.train_cfg["precision"]

@@ -20,10 +20,11 @@ STAGE_VERSIONS: dict[str, int] = {
     "crop": 3,  # 3: image arrays zstd level 1, checksummed by stored bytes. 2: manifest format 2 (AVIF arrays
     # checked by stored bytes); summary counts blank images
     "positions": 3,  # 3: image arrays zstd level 1, checksummed by stored bytes. 2: manifest format 2
-    "features": 3,  # 3: image arrays zstd level 1, checksummed by stored bytes. 2: manifest format 2
-    "shards": 2,  # 2: manifest format 2
-    "dataset_index": 1,
-    "train": 1,
+    "features": 4,  # 4: the extractor's weights fingerprint in the summary. 3: image arrays zstd level 1,
+    # checksummed by stored bytes. 2: manifest format 2
+    "shards": 3,  # 3: features extractor and expression source in the attributes. 2: manifest format 2
+    "dataset_index": 2,  # 2: dataset name, evaluation_only, per-subject features and expression
+    "train": 2,  # 2: the model records the data it was trained on (recon/compat.py)
     "evaluate": 2,  # 2: protocol items, reconstruction/animation splits, LPIPS/JOD/AKD/CSIM, csv and html
     "protocol": 1,
     "gather": 1,

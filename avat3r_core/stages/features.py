@@ -93,6 +93,7 @@ def run_features(
         store.write_array("frames", np.asarray(crops.frames, dtype=np.int64))
         summary = {
             "model": extractor.description,
+            "fingerprint": extractor.fingerprint(),
             "views": int(crops.valid.sum()),
             "grid": grid,
             "channels": channels,

@@ -54,8 +54,8 @@ def _usable_segments(
     if policy == "any":
         return sorted(segments), f"missing segments {missing}: using every frame of the capture"
     raise CaptureError(
-        f"capture lacks the input segments {missing} (config frames.missing_segment={policy!r}; "
-        "use skip, fallback or any for identity-only captures)",
+        f"capture lacks the input segments {missing}; it has {sorted(segments)} (set frames.input_segments, "
+        f"or frames.missing_segment={policy!r} -> skip, fallback or any for identity-only captures)",
         subject=subject,
     )
 

@@ -68,6 +68,8 @@ def run_shards(
     cfg: dict[str, Any],
     out: str | Path,
 ) -> dict[str, Any]:
+    """Verify a subject's stores, check that they agree, and write its shard: the expression codes of every
+    frame the stores use (from the reader's `expression_source`) and what made the features."""
     subject = reader.subject
     if cfg["verify"]:
         for name in SHARD_STORES:
@@ -94,7 +96,14 @@ def run_shards(
         store.write_array("frames", np.asarray(wanted, dtype=np.int64))
         random = any(bool(open_store(stores[name]).attrs.get("random_weights")) for name in SHARD_STORES)
         oracle = bool(open_store(stores["positions"]).attrs.get("oracle"))
-        store.set_attrs(random_weights=random, oracle_positions=oracle)
+        extractor = open_store(stores["features"]).attrs.get("summary", {})
+        store.set_attrs(
+            random_weights=random,
+            oracle_positions=oracle,
+            # what a trained model must match at evaluation (recon/compat.py)
+            features={"model": extractor.get("model"), "fingerprint": extractor.get("fingerprint")},
+            expression={"source": reader.expression_source, "dim": int(codes.shape[1])},
+        )
     log.info(
         "subject %s: shard of %s verified (%d px crops, %d feature channels), %d expression codes (%d-d)%s",
         subject,
@@ -115,14 +124,23 @@ def run_shards(
     }
 
 
-def assign_splits(subjects: list[str], cfg: dict[str, Any]) -> dict[str, str]:
+def assign_splits(
+    subjects: list[str], cfg: dict[str, Any], *, evaluation_only: bool = False
+) -> dict[str, str]:
     """train / validation / test per subject: the listed ids, else the last `test_count` subjects and the
-    `validation_count` before them (sorted ids, so the split does not depend on the order of discovery)."""
+    `validation_count` before them (sorted ids, so the split does not depend on the order of discovery).
+
+    An evaluation-only capture (`capture.evaluation_only`, NeRSemble by default) trains nothing: every
+    subject not listed for validation is a test subject, whatever `test_count` says.
+    """
     for key in ("test_subjects", "validation_subjects"):
         unknown = sorted(set(cfg[key]) - set(subjects))
         if unknown:
             raise ConfigError(f"shards.{key}", f"not in this run: {', '.join(unknown)}")
     ordered = sorted(subjects)
+    if evaluation_only:
+        validation = set(cfg["validation_subjects"])
+        return {s: "validation" if s in validation else "test" for s in ordered}
     test = list(cfg["test_subjects"]) or (ordered[-cfg["test_count"] :] if cfg["test_count"] else [])
     rest = [s for s in ordered if s not in test]
     validation = list(cfg["validation_subjects"]) or (
@@ -135,8 +153,16 @@ def _relative(path: Path, start: Path) -> str:
     return os.path.relpath(Path(path).resolve(), Path(start).resolve())
 
 
-def write_dataset_index(shards: dict[str, Path], cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
-    """One small JSON over all subjects: each subject's shard (and its stores) and its split."""
+def write_dataset_index(
+    shards: dict[str, Path],
+    cfg: dict[str, Any],
+    out: str | Path,
+    *,
+    dataset: str = "unknown",
+    evaluation_only: bool = False,
+) -> dict[str, Any]:
+    """One small JSON over all subjects: each subject's shard (and its stores), its split, what made its
+    features and codes; and the dataset's name (what a model trained on it records)."""
     out = Path(out)
     entries = {}
     for subject, path in sorted(shards.items()):
@@ -157,11 +183,16 @@ def write_dataset_index(shards: dict[str, Path], cfg: dict[str, Any], out: str |
             },
             "random_weights": bool(group.attrs["random_weights"]),
             "oracle_positions": bool(group.attrs.get("oracle_positions", False)),
+            "features": dict(group.attrs.get("features") or {}),
+            "expression": dict(group.attrs.get("expression") or {}),
         }
-    splits = assign_splits(list(entries), cfg)
+    splits = assign_splits(list(entries), cfg, evaluation_only=evaluation_only)
     for subject, split in splits.items():
         entries[subject]["split"] = split
     index = {
+        "dataset": dataset,
+        # no training on this capture, in any split (recon/train.py refuses it, also as a train.mix member)
+        "evaluation_only": bool(evaluation_only),
         "subjects": entries,
         "counts": {k: sum(v == k for v in splits.values()) for k in ("train", "validation", "test")},
     }

@@ -34,6 +34,7 @@ from .config import NATIVE_WIDTH as AVA_WIDTH
 from .config import SyntheticConfig, subject_rng, synthetic_subject_ids
 from .dome import HEAD_CENTRE_MM, HEAD_FRACTION, Dome
 from .expression import BLEND_WEIGHT_NAMES
+from .flame import flame_expression
 from .render import SubjectScene, clean_plate, render_frame, subject_scene, to_uint8_with_noise
 from .writer import save_npz
 
@@ -209,13 +210,11 @@ def _write_subject(root: Path, gt: Path, cfg: SyntheticConfig, pid: str, trackin
         save_npz(gt / f"cam{serial}.npz", image=image, alpha=alpha, depth=depth, tracked=tracked)
     if tracking:
         for name, indices in sequences:
-            weights = np.zeros((len(indices), 100), np.float32)
-            weights[:, : len(BLEND_WEIGHT_NAMES)] = timeline.weights[indices]
             write_benchmark_tracking(
                 folder / "sequences" / name / "tracking" / "flame2023_tracking_v2.npz",
                 h2w_m[indices],
                 1.0,
-                weights,
+                flame_expression(timeline.weights[indices]),
             )
 
     k_image = np.stack([scene.k_image(c) for c in range(len(dome.camera_ids))])

@@ -5,7 +5,8 @@ Layout (see /work/shared/reference/datasets.md section 1) under `root`:
     {mcd}--{mct}--{sid}/decoder/{camera_calibration.json, frame_list.csv, head_pose/head_pose.zip,
         kinematic_tracking/registration_vertices.zip, image/cam{CAM}.zip,
         background_image/background_image.zip, foreground_masks/cam{CAM}.zip,
-        expression_codes/aeparams_1440000.pkl}
+        expression_codes/aeparams_1440000.pkl},
+    gagavatar/{sid}/optim.pkl (with `tracking`: FLAME codes as GAGAvatar tracker output, `flame.py`)
 and under `groundtruth/{sid}/`: meta.json, cameras.npz, head_pose.npz, blend_weights.npy, cam{CAM}.npz.
 
 Every file is a pure function of the config: zip entries carry a fixed timestamp and the AVIF encoder runs
@@ -38,6 +39,7 @@ from .config import (
     synthetic_subject_ids,
 )
 from .expression import BLEND_WEIGHT_NAMES
+from .flame import GAGAVATAR_TRACKING, write_gagavatar_tracking
 from .head import build_head, sample_identity
 from .render import SubjectScene, clean_plate, render_frame, subject_scene, to_uint8_with_noise
 
@@ -233,9 +235,15 @@ def _run_jobs(jobs: list[tuple], workers: int) -> Iterable[tuple[str, int, bytes
 
 
 def generate_synthetic_capture(
-    root: Path, groundtruth: Path, cfg: SyntheticConfig, workers: int = 2, progress: bool = True
+    root: Path,
+    groundtruth: Path,
+    cfg: SyntheticConfig,
+    workers: int = 2,
+    progress: bool = True,
+    tracking: bool = False,
 ) -> None:
-    """Write the whole synthetic capture under `root` and its ground truth under `groundtruth`.
+    """Write the whole synthetic capture under `root` and its ground truth under `groundtruth`; with
+    `tracking`, also each subject's FLAME codes as GAGAvatar tracker output (`flame.GAGAVATAR_TRACKING`).
 
     Both folders are written as temporary siblings and renamed into place at the end, so an interrupted run
     never leaves a capture that looks complete.
@@ -245,6 +253,11 @@ def generate_synthetic_capture(
         atomic_path(groundtruth, directory=True) as partial_groundtruth,
     ):
         _generate_into(partial_root, partial_groundtruth, cfg, workers, progress)
+        if tracking:
+            for sid in synthetic_subject_ids(cfg):
+                timeline = subject_scene(cfg, sid).timeline
+                path = partial_root / GAGAVATAR_TRACKING.format(subject=sid)
+                write_gagavatar_tracking(path, list(timeline.segments), timeline.weights)
 
 
 def _generate_into(root: Path, groundtruth: Path, cfg: SyntheticConfig, workers: int, progress: bool) -> None:
