@@ -23,7 +23,9 @@ from typing import Any
 from avat3r_core.config import evaluated_models, trained_variants, variant_sections
 from avat3r_core.models.sapiens_archs import PATCH_SIZE, SAPIENS_ARCHS, sapiens_arch_key
 
-AVIF_BYTES_PER_PIXEL = 27_511 / 667**2  # benchmarks/supervision_storage.py, quality 90
+# Stored bytes per supervision pixel (all three channels) by crop.supervision_codec:
+# benchmarks/supervision_storage.py, JPEG q95 4:4:4 and AVIF q90 4:4:4 per 667 px crop; zstd at raw size.
+SUPERVISION_BYTES_PER_PIXEL = {"jpeg": 49_687 / 667**2, "avif": 27_511 / 667**2, "zstd": 3.0}
 PER_SUBJECT_STAGES = (
     "capture_index",
     "frames",
@@ -103,7 +105,7 @@ def plan(config: dict[str, Any], size: CaptureSize) -> dict[str, Any]:
         if not features["checkpoint"] or features["model"] == "tiny"
         else SAPIENS_ARCHS[sapiens_arch_key(features["model"])]["embed_dim"]
     )
-    supervision_px = s2 * s2 * (3 * AVIF_BYTES_PER_PIXEL if crop["supervision_codec"] == "avif" else 3)
+    supervision_px = s2 * s2 * SUPERVISION_BYTES_PER_PIXEL[crop["supervision_codec"]]
     per_subject = {
         "matting": (input_views + supervision_views) * size.height * size.width,
         "crop": input_views * s * s * 4 + supervision_views * (supervision_px + s2 * s2),

@@ -49,7 +49,7 @@ from avat3r_core.stages.frames import select_frames
 from avat3r_core.stages.index import CaptureIndex
 from avat3r_core.stages.matting import needed_images, run_matting
 from avat3r_core.stages.views import select_views
-from avat3r_core.store.codecs import SUBSAMPLINGS, AvifCodec
+from avat3r_core.store.codecs import SUBSAMPLINGS, AvifCodec, JpegCodec
 from avat3r_core.store.zarr_store import open_store
 
 # (label, owner, attribute): what the instrumented run times. Attributes missing in this version of the code
@@ -65,11 +65,12 @@ COMPONENTS: list[tuple[str, Any, str]] = [
     ("read alpha back (crop stage)", getattr(crop_stage, "_MattingStore", None), "get"),
     ("encode zstd", zarr_store, "_zstd_encode"),
     ("encode AVIF", AvifCodec, "encode_pixels"),
+    ("encode JPEG", JpegCodec, "encode_pixels"),
     ("checksums (sha256)", manifest, "stored_checksum"),
     ("checksums (sha256)", manifest, "array_checksum"),
     ("shard assembly + file writes", zarr_store, "_write_shards"),
 ]
-CODEC_ENCODES = ("encode zstd", "encode AVIF")
+CODEC_ENCODES = ("encode zstd", "encode AVIF", "encode JPEG")
 
 
 class Breakdown:
@@ -121,7 +122,8 @@ def main() -> None:
     parser.add_argument("--cameras", type=int, default=16)
     parser.add_argument("--frames-per-segment", type=int, default=4)
     parser.add_argument("--backend", default="plate_difference", choices=["plate_difference", "dataset"])
-    parser.add_argument("--supervision-codec", default="avif", choices=["avif", "zstd"])
+    parser.add_argument("--supervision-codec", default="jpeg", choices=["jpeg", "avif", "zstd"])
+    parser.add_argument("--supervision-quality", type=int, help="jpeg/avif quality (default 95 / 90)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating floor/stages runs; best counts")
     parser.add_argument("--threads", type=int, default=1, help="AVIF decoder and zarr codec pool threads")
     parser.add_argument("--capture", type=Path, help="reuse (or generate and keep) the capture here")
@@ -178,6 +180,8 @@ def main() -> None:
                     "input_size": crop_size,
                     "supervision_size": width,
                     "supervision_codec": args.supervision_codec,
+                    "supervision_quality": args.supervision_quality
+                    or (90 if args.supervision_codec == "avif" else 95),
                 },
             }
         )
@@ -237,7 +241,11 @@ def main() -> None:
     def overhead(seconds: float) -> str:
         return f"{100 * (seconds / floor_cpu - 1):.0f}%"
 
-    print(f"backend {args.backend}, supervision codec {args.supervision_codec}")
+    quality = config["crop"]["supervision_quality"]
+    print(
+        f"backend {args.backend}, supervision codec {args.supervision_codec}"
+        + (f" quality {quality}" if args.supervision_codec != "zstd" else "")
+    )
     print(
         f"{n} images of {width}x{height} (W x H, downsample {args.downsample}) -> "
         f"{summary.get('input_crops')} input crops of {crop_size} px and {summary.get('supervision_crops')} "

@@ -90,7 +90,7 @@ def test_supervision_crops_span_the_image_width_and_match_true_alpha(stores, syn
         scores.append(iou(group["supervision/alpha"][c, t] > 127, truth_crop > 127))
     assert np.mean(scores) >= 0.95
     # Each image is composited once for its input and supervision crops: the alpha crops are exact cuts
-    # (the rgb ones are AVIF-coded here; the input crops, lossless, are checked against the composite).
+    # (the rgb ones are JPEG-coded here; the input crops, lossless, are checked against the composite).
     matting = open_store(stores["out"] / "matting.zarr")
     m_cam = {str(c): i for i, c in enumerate(matting["camera_ids"][...])}
     m_frame = {int(f): i for i, f in enumerate(matting["frames"][...])}

@@ -13,7 +13,7 @@ import zarr
 import avat3r_core
 from avat3r_core.cli import main
 from avat3r_core.errors import Avat3rError
-from avat3r_core.store.codecs import AVIF_CODEC_NAME, AvifCodec
+from avat3r_core.store.codecs import AVIF_CODEC_NAME, JPEG_CODEC_NAME, AvifCodec, JpegCodec
 from avat3r_core.store.manifest import array_checksum, read_manifest, stored_checksum, verify_store
 from avat3r_core.store.zarr_store import StoreError, open_store, read_block, store_attrs, write_store
 
@@ -100,6 +100,46 @@ def test_avif_round_trip_quality_and_codec_metadata(tmp_path: Path) -> None:
     # Plain zarr finds the codec through its registry, as any environment with the package installed would.
     assert zarr.registry.get_codec_class(AVIF_CODEC_NAME) is AvifCodec
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "s.zarr" / "rgb", mode="r")[...], decoded)
+
+
+def test_jpeg_round_trip_quality_determinism_and_codec_metadata(tmp_path: Path) -> None:
+    images = np.stack([smooth_textured(96, 80, seed=s) for s in range(3)])[None]  # (1, 3, H, W, 3)
+    with write_store(tmp_path / "s.zarr", stage="crop", subject="S001", config=CONFIG) as writer:
+        writer.create_images("rgb", images.shape, codec="jpeg", quality=95)[...] = images
+    decoded = open_store(tmp_path / "s.zarr")["rgb"][...]
+    assert decoded.dtype == np.uint8 and decoded.shape == images.shape
+    assert psnr(decoded, images) > 35.0
+    assert not np.array_equal(decoded, images)  # lossy: a zstd pipeline by mistake would be exact
+    meta = json.loads((tmp_path / "s.zarr" / "rgb" / "zarr.json").read_text())
+    inner = meta["codecs"][0]["configuration"]["codecs"]
+    assert inner == [{"name": JPEG_CODEC_NAME, "configuration": {"quality": 95, "subsampling": "4:4:4"}}]
+    assert zarr.registry.get_codec_class(JPEG_CODEC_NAME) is JpegCodec
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "s.zarr" / "rgb", mode="r")[...], decoded)
+    codec = JpegCodec(quality=95)
+    assert codec.encode_pixels(images[0, 0]) == codec.encode_pixels(images[0, 0].copy())  # same bytes
+    # 4:4:4 keeps colour at full resolution: a one-pixel red line on black keeps its hue (4:2:0 smears it)
+    line = np.zeros((16, 16, 3), np.uint8)
+    line[:, 8, 0] = 255
+    full = codec.decode_pixels(codec.encode_pixels(line), line.shape)
+    half = JpegCodec(quality=95, subsampling="4:2:0")
+    smeared = half.decode_pixels(half.encode_pixels(line), line.shape)
+    assert np.abs(full.astype(int) - line).max() < np.abs(smeared.astype(int) - line).max()
+    with pytest.raises(ValueError, match="corrupt JPEG"):
+        codec.decode_pixels(b"not a jpeg", (16, 16, 3))
+
+
+@pytest.mark.parametrize("codec", ["avif", "jpeg"])
+def test_lossy_codecs_refuse_what_they_cannot_encode(tmp_path: Path, codec: str) -> None:
+    with (
+        pytest.raises(StoreError, match=f"{codec} needs uint8"),
+        write_store(tmp_path / "s.zarr", stage="crop", subject="S001", config=CONFIG) as writer,
+    ):
+        writer.create_images("depth", (2, 8, 8, 3), dtype="float32", codec=codec)
+    assert not (tmp_path / "s.zarr").exists()
+    with pytest.raises(ValueError, match="subsampling"):
+        JpegCodec(subsampling="4:1:1")
+    with pytest.raises(ValueError, match="quality"):
+        JpegCodec(quality=0)
 
 
 def test_avif_refuses_what_it_cannot_encode(tmp_path: Path) -> None:
@@ -438,14 +478,20 @@ def test_image_arrays_written_any_way_get_stored_checksums(tmp_path: Path) -> No
     assert verify_store(tmp_path / "s.zarr") == []
 
 
-def test_avif_arrays_are_checked_by_their_stored_bytes(example_store: Path) -> None:
-    entry = read_manifest(example_store)["arrays"]["rgb_avif"]
+@pytest.mark.parametrize("codec", ["avif", "jpeg"])
+def test_lossy_arrays_are_checked_by_their_stored_bytes(tmp_path: Path, codec: str) -> None:
+    example_store, name = tmp_path / "s.zarr", f"rgb_{codec}"
+    images = image_stack(2, 3)
+    with write_store(example_store, stage="crop", subject="S001", config=CONFIG) as writer:
+        writer.create_images(name, images.shape, codec=codec, quality=90)[...] = images
+    entry = read_manifest(example_store)["arrays"][name]
     assert entry["checksum"] == "stored" and len(entry["sha256"]) == 64
-    shard = example_store / "rgb_avif" / "c.1.0.0.0.0"
+    assert verify_store(example_store) == []
+    shard = example_store / name / "c.1.0.0.0.0"
     data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0x01  # AVIF has no checksum: it may still decode, to other pixels
+    data[len(data) // 2] ^= 0x01  # AVIF and JPEG have no checksum: they may still decode, to other pixels
     shard.write_bytes(bytes(data))
-    assert verify_store(example_store) == ["rgb_avif"]
+    assert verify_store(example_store) == [name]
     assert main(["validate", str(example_store)]) == 1
 
 

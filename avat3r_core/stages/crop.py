@@ -5,7 +5,8 @@ BGMv2's `fgr * alpha`, premultiplied before any resampling so edges stay correct
 intrinsics and its head-centric world-to-camera (`w2c @ head_to_world`: the head stays in canonical pose,
 the cameras move), and its window in image pixels. Input crops (512 px at the 4TB release's 1024x667)
 are stored lossless; supervision crops (667 px, every camera at every supervision timestep, which would be
-~0.5 TB per Ava-256 subject raw) are AVIF-coded inside the Zarr store (benchmarks/supervision_storage.py).
+~0.5 TB per Ava-256 subject raw) are JPEG- (default) or AVIF-coded inside the Zarr store
+(`crop.supervision_codec`, benchmarks/supervision_storage.py).
 Windows are centred on the projected head centre and padded with black where they leave the image.
 
 Cost: each image is decoded once per job. The stage walks the cameras, and for each camera the frames any

@@ -1,11 +1,11 @@
-"""AVIF as a Zarr v3 array->bytes codec, and the codec pipelines the stores use.
+"""JPEG and AVIF as Zarr v3 array->bytes codecs, and the codec pipelines the stores use.
 
 Why a codec and not AVIF files: supervision crops at Ava-256 scale are ~0.5 TB per subject as raw uint8, and
 the release itself ships AVIF, so lossy AVIF at high quality costs the training set little. Keeping it inside
 Zarr (one chunk = one image, chunks packed into shards) keeps the "few files" rule of the store layer and lets
-every reader use ordinary Zarr indexing. The codec is registered under the namespaced name ``avat3r.avif``
-both at import time and through the ``zarr.codecs`` entry point of the package, so any environment with the
-package installed can open the stores without importing this module first.
+every reader use ordinary Zarr indexing. The codecs are registered under the namespaced names ``avat3r.jpeg``
+and ``avat3r.avif`` both at import time and through the ``zarr.codecs`` entry points of the package, so any
+environment with the package installed can open the stores without importing this module first.
 
 Determinism: the encoder runs with a fixed speed and ONE thread. libaom's output depends on its thread count
 (measured: 190677 vs 190717 bytes for the same 667x667 image with 1 and 2 threads), so a store written on a
@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import io
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 AVIF_CODEC_NAME = "avat3r.avif"
 """Name of the codec in zarr.json; namespaced so it can never clash with a future standard codec."""
+JPEG_CODEC_NAME = "avat3r.jpeg"
+LOSSY_IMAGE_CODECS = ("avif", "jpeg")
+"""`create_images` codec names that store uint8 RGB lossily (one image file per chunk)."""
 
 AVIF_SPEED = 9
 """libaom speed preset (0 slowest .. 10 fastest). Fixed, and part of the codec config, so it is recorded.
@@ -56,81 +59,60 @@ level 3 for 13% more bytes; negative levels are hardly faster (1.5 ms) and compr
 SUBSAMPLINGS = ("4:2:0", "4:2:2", "4:4:4")
 
 
-@dataclass(frozen=True)
-class AvifCodec(ArrayBytesCodec):
-    """Encode a uint8 RGB chunk of shape (1.., H, W, 3) as one AVIF image.
+class ImageFileCodec(ArrayBytesCodec):
+    """A uint8 RGB chunk of shape (1.., H, W, 3) as one image file through Pillow.
 
     A chunk holding several images (leading size > 1) is encoded as one tall image (n*H, W), so the codec is
-    correct for any chunking, though the stores always use one image per chunk.
+    correct for any chunking, though the stores always use one image per chunk. Subclasses name the format
+    and its encoder options.
     """
 
     is_fixed_size = False
+    name: ClassVar[str]
+    format: ClassVar[str]
 
-    quality: int
-    speed: int
-    subsampling: str
+    def _save_options(self) -> dict[str, Any]:
+        raise NotImplementedError
 
-    def __init__(self, *, quality: int = 90, speed: int = AVIF_SPEED, subsampling: str = "4:4:4") -> None:
-        if isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality <= 100:
-            raise ValueError(f"AVIF quality must be an integer in 0..100, got {quality!r}")
-        if isinstance(speed, bool) or not isinstance(speed, int) or not 0 <= speed <= 10:
-            raise ValueError(f"AVIF speed must be an integer in 0..10, got {speed!r}")
-        if subsampling not in SUBSAMPLINGS:
-            raise ValueError(f"AVIF subsampling must be one of {SUBSAMPLINGS}, got {subsampling!r}")
-        object.__setattr__(self, "quality", quality)
-        object.__setattr__(self, "speed", speed)
-        object.__setattr__(self, "subsampling", subsampling)
+    def _configuration(self) -> dict[str, JSON]:
+        raise NotImplementedError
 
     @classmethod
     def from_dict(cls, data: dict[str, JSON]) -> Self:
-        _, configuration = parse_named_configuration(data, AVIF_CODEC_NAME, require_configuration=False)
+        _, configuration = parse_named_configuration(data, cls.name, require_configuration=False)
         return cls(**(configuration or {}))  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, JSON]:
-        return {
-            "name": AVIF_CODEC_NAME,
-            "configuration": {"quality": self.quality, "speed": self.speed, "subsampling": self.subsampling},
-        }
+        return {"name": self.name, "configuration": self._configuration()}
 
     def validate(
         self, *, shape: tuple[int, ...], dtype: ZDType[TBaseDType, TBaseScalar], chunk_grid: ChunkGrid
     ) -> None:
         native = dtype.to_native_dtype()
         if native != np.dtype("uint8"):
-            raise ValueError(f"{AVIF_CODEC_NAME} encodes uint8 RGB only, got dtype {native}")
+            raise ValueError(f"{self.name} encodes uint8 RGB only, got dtype {native}")
         if len(shape) < 3 or shape[-1] != 3:
-            raise ValueError(f"{AVIF_CODEC_NAME} needs shape (..., H, W, 3), got {shape}")
+            raise ValueError(f"{self.name} needs shape (..., H, W, 3), got {shape}")
 
     def encode_pixels(self, pixels: np.ndarray) -> bytes:
-        """AVIF bytes of uint8 RGB pixels of shape (..., H, W, 3); several images are stacked vertically."""
+        """Image bytes of uint8 RGB pixels of shape (..., H, W, 3); several images are stacked vertically."""
         pixels = np.asarray(pixels)
         if pixels.dtype != np.uint8 or pixels.ndim < 3 or pixels.shape[-1] != 3:
-            raise ValueError(
-                f"{AVIF_CODEC_NAME}: need uint8 (..., H, W, 3), got {pixels.dtype} {pixels.shape}"
-            )
+            raise ValueError(f"{self.name}: need uint8 (..., H, W, 3), got {pixels.dtype} {pixels.shape}")
         tall = np.ascontiguousarray(pixels.reshape(-1, pixels.shape[-2], 3))
         out = io.BytesIO()
-        Image.fromarray(tall, "RGB").save(
-            out,
-            format="AVIF",
-            quality=self.quality,
-            speed=self.speed,
-            subsampling=self.subsampling,
-            max_threads=1,  # libaom output depends on the thread count; one thread keeps bytes reproducible
-            range="full",
-            autotiling=False,
-        )
+        Image.fromarray(tall, "RGB").save(out, format=self.format, **self._save_options())
         return out.getvalue()
 
     def decode_pixels(self, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
-        """Pixels of `shape` (..., H, W, 3) from AVIF bytes; ValueError if corrupt or of another size."""
+        """Pixels of `shape` (..., H, W, 3) from image bytes; ValueError if corrupt or of another size."""
         try:
-            with Image.open(io.BytesIO(data), formats=["AVIF"]) as image:
+            with Image.open(io.BytesIO(data), formats=[self.format]) as image:
                 pixels = np.asarray(image.convert("RGB"))
         except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError... on corrupt data
-            raise ValueError(f"{AVIF_CODEC_NAME}: corrupt AVIF chunk: {exc}") from exc
+            raise ValueError(f"{self.name}: corrupt {self.format} chunk: {exc}") from exc
         if pixels.size != int(np.prod(shape, dtype=np.int64)) or pixels.shape[-2] != shape[-2]:
-            raise ValueError(f"{AVIF_CODEC_NAME}: decoded image {pixels.shape} does not fill chunk {shape}")
+            raise ValueError(f"{self.name}: decoded image {pixels.shape} does not fill chunk {shape}")
         return pixels.reshape(shape)
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
@@ -150,7 +132,88 @@ class AvifCodec(ArrayBytesCodec):
         raise NotImplementedError  # variable-size output
 
 
+def _check_quality(label: str, quality: Any, low: int) -> None:
+    if isinstance(quality, bool) or not isinstance(quality, int) or not low <= quality <= 100:
+        raise ValueError(f"{label} quality must be an integer in {low}..100, got {quality!r}")
+
+
+def _check_subsampling(label: str, subsampling: Any) -> None:
+    if subsampling not in SUBSAMPLINGS:
+        raise ValueError(f"{label} subsampling must be one of {SUBSAMPLINGS}, got {subsampling!r}")
+
+
+@dataclass(frozen=True)
+class AvifCodec(ImageFileCodec):
+    """AVIF (libavif + libaom in Pillow's wheels), one thread, fixed speed (module docstring)."""
+
+    name: ClassVar[str] = AVIF_CODEC_NAME
+    format: ClassVar[str] = "AVIF"
+
+    quality: int
+    speed: int
+    subsampling: str
+
+    def __init__(self, *, quality: int = 90, speed: int = AVIF_SPEED, subsampling: str = "4:4:4") -> None:
+        _check_quality("AVIF", quality, 0)
+        if isinstance(speed, bool) or not isinstance(speed, int) or not 0 <= speed <= 10:
+            raise ValueError(f"AVIF speed must be an integer in 0..10, got {speed!r}")
+        _check_subsampling("AVIF", subsampling)
+        object.__setattr__(self, "quality", quality)
+        object.__setattr__(self, "speed", speed)
+        object.__setattr__(self, "subsampling", subsampling)
+
+    def _configuration(self) -> dict[str, JSON]:
+        return {"quality": self.quality, "speed": self.speed, "subsampling": self.subsampling}
+
+    def _save_options(self) -> dict[str, Any]:
+        return {
+            "quality": self.quality,
+            "speed": self.speed,
+            "subsampling": self.subsampling,
+            # libaom output depends on the thread count; one thread keeps the bytes reproducible
+            "max_threads": 1,
+            "range": "full",
+            "autotiling": False,
+        }
+
+
+@dataclass(frozen=True)
+class JpegCodec(ImageFileCodec):
+    """Baseline JPEG (libjpeg-turbo in Pillow's wheels): the supervision crops' default.
+
+    Measured on 667 px head crops composited on black (README "Storage of supervision crops"): quality 95
+    4:4:4 gives 47 dB on the head against AVIF q90's 46, in 1.8 ms instead of 17 ms per encode and 2.6
+    instead of 4.9 ms per decode, for 1.8x the bytes. Chroma stays at full resolution by default: at the
+    sharp head-on-black edge 4:2:0 bleeds colour into the background, which the model would learn. Output
+    is deterministic (single-threaded libjpeg-turbo, no optimised Huffman tables, baseline).
+    """
+
+    name: ClassVar[str] = JPEG_CODEC_NAME
+    format: ClassVar[str] = "JPEG"
+
+    quality: int
+    subsampling: str
+
+    def __init__(self, *, quality: int = 95, subsampling: str = "4:4:4") -> None:
+        _check_quality("JPEG", quality, 1)
+        _check_subsampling("JPEG", subsampling)
+        object.__setattr__(self, "quality", quality)
+        object.__setattr__(self, "subsampling", subsampling)
+
+    def _configuration(self) -> dict[str, JSON]:
+        return {"quality": self.quality, "subsampling": self.subsampling}
+
+    def _save_options(self) -> dict[str, Any]:
+        return {
+            "quality": self.quality,
+            "subsampling": self.subsampling,
+            "optimize": False,
+            "progressive": False,
+        }
+
+
 register_codec(AVIF_CODEC_NAME, AvifCodec)
+register_codec(JPEG_CODEC_NAME, JpegCodec)
 
 
 def zstd_codecs(level: int = ZSTD_LEVEL) -> tuple[BytesCodec, BytesBytesCodec]:
@@ -167,7 +230,9 @@ def image_codecs(codec: str, quality: int = 90) -> tuple[Any, ...]:
         return zstd_codecs(IMAGE_ZSTD_LEVEL)
     if codec == "avif":
         return (AvifCodec(quality=quality),)
-    raise ValueError(f"unknown image codec {codec!r}; expected 'zstd' (lossless) or 'avif' (lossy)")
+    if codec == "jpeg":
+        return (JpegCodec(quality=quality),)
+    raise ValueError(f"unknown image codec {codec!r}; expected 'zstd' (lossless), 'jpeg' or 'avif' (lossy)")
 
 
 def codec_names(codecs: Any) -> list[str]:

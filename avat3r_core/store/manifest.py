@@ -37,12 +37,12 @@ import numpy as np
 import zarr
 
 from .atomic import write_json_atomic
-from .codecs import AVIF_CODEC_NAME, codec_names
+from .codecs import AVIF_CODEC_NAME, JPEG_CODEC_NAME, codec_names
 from .zarr_store import MANIFEST_NAME, StoreError, canonical, open_group_checked
 
 MANIFEST_FORMAT = "avat3r-store-manifest/2"
 READABLE_FORMATS = ("avat3r-store-manifest/1", MANIFEST_FORMAT)
-LOSSY_CODECS = (AVIF_CODEC_NAME,)
+LOSSY_CODECS = (AVIF_CODEC_NAME, JPEG_CODEC_NAME)
 """Arrays with one of these codecs anywhere in their pipeline get a "stored" checksum (module docstring)."""
 
 BLOCK_BYTES = 64 * 2**20

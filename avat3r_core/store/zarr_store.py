@@ -56,7 +56,7 @@ import avat3r_core
 from avat3r_core.errors import Avat3rError
 
 from .atomic import atomic_path
-from .codecs import AvifCodec, image_codecs, zstd_codecs
+from .codecs import LOSSY_IMAGE_CODECS, ImageFileCodec, image_codecs, zstd_codecs
 
 MANIFEST_NAME = "manifest.json"
 """Written inside the store, last, by `write_store`; its presence marks a complete store."""
@@ -239,12 +239,12 @@ def _shard_layout(array: zarr.Array) -> _ShardLayout | None:
         def decode(data: Any, shape: tuple[int, ...]) -> np.ndarray:
             return np.frombuffer(zstd.decode(data), dtype=stored).reshape(shape)
 
-    elif len(inner) == 1 and isinstance(inner[0], AvifCodec):
-        avif = inner[0]
-        encode = avif.encode_pixels
+    elif len(inner) == 1 and isinstance(inner[0], ImageFileCodec):
+        image_codec = inner[0]
+        encode = image_codec.encode_pixels
 
         def decode(data: Any, shape: tuple[int, ...]) -> np.ndarray:
-            return avif.decode_pixels(bytes(data), shape)
+            return image_codec.decode_pixels(bytes(data), shape)
 
     else:
         return None
@@ -427,7 +427,7 @@ class StoreWriter:
         A shard holds every image that shares the indices of the first `shard_axes` leading axes (0: one
         shard for the whole array, good for small arrays). `images_per_shard` additionally splits the next
         leading axis into blocks of that many, to bound the size of a shard. `codec` is "zstd" (lossless,
-        any dtype) or "avif" (lossy, uint8 RGB only, `quality` 0..100). The caller fills the array by
+        any dtype), "jpeg" or "avif" (lossy, uint8 RGB only, `quality` 1..100). The caller fills the array by
         assignment, ideally one whole shard per assignment and the shards in C order (camera after camera,
         block after block): then the array is encoded in this thread (see the module docstring). Write only
         through the returned `ImageArray`, never through `group`.
@@ -439,14 +439,16 @@ class StoreWriter:
             raise StoreError(f"image array {name!r}: bad shape {shape}", path=self.path)
         # (..., H, W, C) when the last axis looks like channels (1..4), else (..., H, W) single-channel.
         n_image_axes = 3 if len(shape) >= 3 and shape[-1] <= 4 else 2
-        if codec == "avif":
+        if codec in LOSSY_IMAGE_CODECS:
             if dtype != np.uint8 or n_image_axes != 3 or shape[-1] != 3:
                 raise StoreError(
-                    f"image array {name!r}: avif needs uint8 (..., H, W, 3), got {dtype} {shape}",
+                    f"image array {name!r}: {codec} needs uint8 (..., H, W, 3), got {dtype} {shape}",
                     path=self.path,
                 )
         elif codec != "zstd":
-            raise StoreError(f"image array {name!r}: unknown codec {codec!r} (zstd or avif)", path=self.path)
+            raise StoreError(
+                f"image array {name!r}: unknown codec {codec!r} (zstd, jpeg or avif)", path=self.path
+            )
         leading = shape[: len(shape) - n_image_axes]
         if not 0 <= shard_axes <= len(leading):
             raise StoreError(
