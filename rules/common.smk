@@ -82,7 +82,8 @@ def variant_json(wildcards):
 def evaluate_model(wildcards):
     """The model file a `variant` evaluation scores: the train rule's, or one named in evaluate.models."""
     return (
-        EVALUATED[wildcards.variant] or f"{RESULTS}/train/{wildcards.variant}/model.pt"
+        EVALUATED.get(wildcards.variant)
+        or f"{RESULTS}/train/{wildcards.variant}/model.pt"
     )
 
 
@@ -92,18 +93,16 @@ def evaluate_json(wildcards):
     section that evaluation reads (renderer, device, LPIPS files) are passed."""
     from avat3r_core.config import variant_sections
 
-    if EVALUATED[wildcards.variant]:
+    evaluate = {k: v for k, v in config["evaluate"].items() if k != "models"}
+    if EVALUATED.get(wildcards.variant):
         train = config["train"]
         loss = {k: train["loss"][k] for k in ("lpips_alexnet", "lpips_heads")}
         chosen = dict(
             train=dict(renderer=train["renderer"], device=train["device"], loss=loss),
-            evaluate={k: v for k, v in config["evaluate"].items() if k != "models"},
+            evaluate=evaluate,
         )
     else:
-        chosen = dict(
-            variant_sections(config, wildcards.variant),
-            evaluate={k: v for k, v in config["evaluate"].items() if k != "models"},
-        )
+        chosen = dict(variant_sections(config, wildcards.variant), evaluate=evaluate)
     if config["evaluate"]["positions"] == "joint":
         chosen["positions"] = config["positions"]
     return section_json(chosen)
@@ -118,7 +117,7 @@ def protocol_json(wildcards):
 
 
 def dataset_label(wildcards):
-    """The dataset name written into the protocol (evaluate.protocol.dataset, synthetic or capture.dataset)."""
+    """The dataset's name, written into the dataset index and the protocol (`config.dataset_name`)."""
     from avat3r_core.config import dataset_name
 
     return dataset_name(config)
