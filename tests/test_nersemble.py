@@ -466,6 +466,18 @@ def test_cli_writes_the_nersemble_layout(tmp_path):
     frame = reader.frames()[0].frame
     assert reader.image(reader.camera_ids[0], frame).shape == (200, 138, 3)
     assert reader.expression_code(frame).shape == (109,)
+    # the same FLAME codes as GAGAvatar tracker output (configs/nersemble.yaml drives with these)
+    section = dict(
+        validate_config(config)["capture"],
+        expression_source="flame_gagavatar",
+        flame_tracking="{root}/gagavatar/{subject}/optim.pkl",
+        flame_video="{sequence}",
+    )
+    gagavatar = open_capture(section, "001")
+    frames = [f.frame for f in reader.frames()]
+    assert len(frames) == 10 and any(reader.expression_code(f).any() for f in frames)
+    for f in frames:
+        np.testing.assert_array_equal(gagavatar.expression_code(f), reader.expression_code(f))
 
 
 # -- the DAG over a NeRSemble capture ------------------------------------------------------------------------

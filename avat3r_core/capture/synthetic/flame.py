@@ -12,7 +12,8 @@ tracker it fine-tuned with:
   the tracker's numbering when it finds a head in every frame). Read it with
   ``capture.expression_source: flame_gagavatar``, ``flame_tracking: "{root}/gagavatar/{subject}/optim.pkl"``
   and ``flame_video: "{segment}"`` (as in configs/cross_dataset.yaml).
-* NeRSemble layout: the benchmark's `flame2023_tracking_v2.npz` per sequence (`nersemble_writer`).
+* NeRSemble layout: the benchmark's `flame2023_tracking_v2.npz` per sequence, and GAGAvatar tracker output
+  keyed ``f"{sequence}_{position}"`` at the same path as above (`nersemble_writer`).
 """
 
 from __future__ import annotations

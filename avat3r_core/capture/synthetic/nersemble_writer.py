@@ -7,6 +7,7 @@ Layout under `root` (the reader's docstring lists the sources):
     {pid:03d}/sequences/{SEQ}/images/cam_{serial}.mp4      H.264 yuv420p (imageio-ffmpeg), 25 fps
     {pid:03d}/sequences/BACKGROUND/image_{serial}.jpg      clean plate
     {pid:03d}/sequences/{SEQ}/tracking/flame2023_tracking_v2.npz   with `tracking=True` (benchmark format)
+    gagavatar/{pid:03d}/optim.pkl        with `tracking=True`: the same codes as GAGAvatar output (`flame.py`)
 and under `groundtruth/{pid:03d}/`: meta.json, cameras.npz (K at the video size, w2c metres), head_pose.npz
 (reader frame ids, head-to-world metres), blend_weights.npy, cam{serial}.npz (image, alpha, depth, tracked).
 
@@ -34,7 +35,7 @@ from .config import NATIVE_WIDTH as AVA_WIDTH
 from .config import SyntheticConfig, subject_rng, synthetic_subject_ids
 from .dome import HEAD_CENTRE_MM, HEAD_FRACTION, Dome
 from .expression import BLEND_WEIGHT_NAMES
-from .flame import flame_expression
+from .flame import GAGAVATAR_TRACKING, flame_expression, write_gagavatar_tracking
 from .render import SubjectScene, clean_plate, render_frame, subject_scene, to_uint8_with_noise
 from .writer import save_npz
 
@@ -216,6 +217,13 @@ def _write_subject(root: Path, gt: Path, cfg: SyntheticConfig, pid: str, trackin
                 1.0,
                 flame_expression(timeline.weights[indices]),
             )
+        # The same codes as GAGAvatar's tracker would write them, one video per sequence, as the paper
+        # drives its NeRSemble avatars (expression_source flame_gagavatar, flame_video "{sequence}")
+        order = [i for _, indices in sequences for i in indices]
+        names = [name for name, indices in sequences for _ in indices]
+        write_gagavatar_tracking(
+            root / GAGAVATAR_TRACKING.format(subject=pid), names, timeline.weights[order]
+        )
 
     k_image = np.stack([scene.k_image(c) for c in range(len(dome.camera_ids))])
     save_npz(gt / "cameras.npz", camera_ids=np.array(dome.camera_ids), K=k_image, w2c=w2c_m)
