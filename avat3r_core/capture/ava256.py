@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from plyfile import PlyData
 
-from avat3r_core.capture.base import CaptureReader, Frame
+from avat3r_core.capture.base import CaptureReader, Frame, check_camera_matrices
 from avat3r_core.errors import CaptureError, ConfigError, MissingImageError
 from avat3r_core.geometry.cameras import Camera
 
@@ -214,14 +214,9 @@ class Ava256Capture(CaptureReader):
                 raise CaptureError(
                     f"bad KRT entry: {exc}", subject=self.subject, camera=camera, file=path
                 ) from None
-            if (
-                K.shape != (3, 3)
-                or w2c.shape != (4, 4)
-                or not (np.isfinite(K).all() and np.isfinite(w2c).all())
-            ):
-                raise CaptureError(
-                    "K must be 3x3 and T 4x4, all finite", subject=self.subject, camera=camera, file=path
-                )
+            check_camera_matrices(
+                K, w2c, "K must be 3x3 and T 4x4", subject=self.subject, camera=camera, file=path
+            )
             w2c[:3, 3] *= MM_TO_M
             calibration[camera] = (K, w2c, distortion)
         if not calibration:

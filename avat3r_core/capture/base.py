@@ -18,6 +18,15 @@ from avat3r_core.errors import CaptureError
 from avat3r_core.geometry.cameras import Camera
 
 
+def check_camera_matrices(
+    K: np.ndarray, w2c: np.ndarray, what: str, *, subject: str, camera: str, file: object
+) -> None:
+    """CaptureError naming the camera and file unless K is 3x3, w2c 4x4 and both finite (every reader's
+    calibration check; `what` names the two matrices as the file calls them)."""
+    if K.shape != (3, 3) or w2c.shape != (4, 4) or not (np.isfinite(K).all() and np.isfinite(w2c).all()):
+        raise CaptureError(f"{what}, all finite", subject=subject, camera=camera, file=file)
+
+
 @dataclass(frozen=True)
 class Frame:
     """A timestep of a capture and the segment (Ava-256) or sequence (NeRSemble) it belongs to."""

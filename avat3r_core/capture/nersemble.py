@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from avat3r_core.capture.base import CaptureReader, Frame
+from avat3r_core.capture.base import CaptureReader, Frame, check_camera_matrices
 from avat3r_core.capture.expressions import BenchmarkTracking, load_benchmark_tracking
 from avat3r_core.errors import CaptureError, ConfigError, MissingImageError
 from avat3r_core.geometry.cameras import Camera
@@ -298,17 +298,14 @@ class NeRSembleCapture(CaptureReader):
                 raise CaptureError(
                     f"bad calibration entry: {exc}", subject=self.subject, camera=serial, file=path
                 ) from None
-            if (
-                K.shape != (3, 3)
-                or w2c.shape != (4, 4)
-                or not (np.isfinite(K).all() and np.isfinite(w2c).all())
-            ):
-                raise CaptureError(
-                    "intrinsics must be 3x3 and world_2_cam 4x4, all finite",
-                    subject=self.subject,
-                    camera=serial,
-                    file=path,
-                )
+            check_camera_matrices(
+                K,
+                w2c,
+                "intrinsics must be 3x3 and world_2_cam 4x4",
+                subject=self.subject,
+                camera=serial,
+                file=path,
+            )
             error = float(np.abs(w2c[:3, :3] @ w2c[:3, :3].T - np.eye(3)).max())
             if error > 1e-3:
                 raise CaptureError(

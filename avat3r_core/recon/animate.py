@@ -565,8 +565,43 @@ def animate(
         backend=renderer,
     )
     driving = time.perf_counter() - start
-    sheet = write_video_and_sheet(frames, out, fps, sheet_frames)
     cameras = dataset.camera_ids(subject, "input")
+    inputs = [
+        f"{cameras[int(c)]}@{int(f)}"
+        for c, f in zip(sample["input_camera_index"], sample["input_frames"], strict=True)
+    ]
+    return _drive_summary(
+        subject,
+        frames,
+        out,
+        fps,
+        sheet_frames,
+        camera_text,
+        expressions,
+        inputs,
+        torch_device,
+        created,
+        driving,
+    )
+
+
+def _drive_summary(
+    subject: str,
+    frames: np.ndarray,
+    out: Path,
+    fps: float,
+    sheet_frames: int,
+    camera_text: str,
+    expressions: object,
+    inputs: list[str],
+    device: torch.device,
+    encode_s: float,
+    drive_s: float,
+    **extra: object,
+) -> dict[str, Any]:
+    """Write the video and its contact sheet; the run's summary (the same keys for a dataset subject and an
+    avatar made by `avat3r create`, `extra` after `inputs`)."""
+    sheet = write_video_and_sheet(frames, out, fps, sheet_frames)
     return {
         "subject": subject,
         "frames": len(frames),
@@ -576,13 +611,11 @@ def animate(
         "contact_sheet": str(sheet),
         "camera": camera_text,
         "expressions": str(expressions),
-        "inputs": [
-            f"{cameras[int(c)]}@{int(f)}"
-            for c, f in zip(sample["input_camera_index"], sample["input_frames"], strict=True)
-        ],
-        "device": str(torch_device),
-        "encode_s": created,
-        "drive_fps": len(frames) / driving,
+        "inputs": inputs,
+        **extra,
+        "device": str(device),
+        "encode_s": encode_s,
+        "drive_fps": len(frames) / drive_s,
     }
 
 
@@ -659,19 +692,17 @@ def animate_created(
         avatar, codes, path, batch=batch, background=config["train"].get("background"), backend=renderer
     )
     driving = time.perf_counter() - start
-    sheet = write_video_and_sheet(frames, out, fps, sheet_frames)
-    return {
-        "subject": str(sample["subject"]),
-        "frames": len(frames),
-        "size": [int(frames.shape[2]), int(frames.shape[1])],
-        "fps": float(fps),
-        "video": str(out),
-        "contact_sheet": str(sheet),
-        "camera": camera_text,
-        "expressions": str(expressions),
-        "inputs": list(created.get("photos", [])),
-        "random_weights": list(created.get("random_weights", [])),
-        "device": str(torch_device),
-        "encode_s": created_s,
-        "drive_fps": len(frames) / driving,
-    }
+    return _drive_summary(
+        str(sample["subject"]),
+        frames,
+        out,
+        fps,
+        sheet_frames,
+        camera_text,
+        expressions,
+        list(created.get("photos", [])),
+        torch_device,
+        created_s,
+        driving,
+        random_weights=list(created.get("random_weights", [])),
+    )

@@ -90,10 +90,6 @@ class EvaluationError(Avat3rError):
     """Inputs the scoring cannot compare (e.g. renders and targets of different sizes)."""
 
 
-def _has_split(index: str | Path, split: str) -> bool:
-    return any(e.get("split") == split for e in load_index(index)["subjects"].values())
-
-
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Avat3rModel, dict]:
     """A model.pt (or checkpoint) as an eval-mode model on ``device``, with its saved config."""
     state = load_checkpoint(path)
@@ -301,12 +297,14 @@ def evaluate_heldout(
     n_views = int(train_cfg["n_views"])
     dataset = ProtocolDataset(index, protocol, n_views)
     items = dataset.items if max_items is None else dataset.items[:max_items]
-    scored = index_signature(index, subjects={avatar["subject"] for avatar in protocol["avatars"]})
+    index_data = load_index(index)
+    scored = index_signature(index_data, subjects={avatar["subject"] for avatar in protocol["avatars"]})
     compatibility = check_model_fits_data(config.get("data"), scored)
     for note in compatibility:
         log.warning("%s", note)
     trained_on = (config.get("data") or {}).get("dataset")
-    mean_split = "train" if _has_split(index, "train") else protocol.get("split", split)
+    has_train = any(entry.get("split") == "train" for entry in index_data["subjects"].values())
+    mean_split = "train" if has_train else protocol.get("split", split)
     if mean_split != "train":
         log.warning(
             "mean-image baseline: the index has no training subjects (an evaluation-only capture), so it "
